@@ -1,0 +1,33 @@
+"""keras-gpt-scratch: GPT-2 from scratch in Keras 3, packaged like KerasHub."""
+
+from keras_gpt_scratch.backend import select_tensorflow_backend
+
+select_tensorflow_backend()
+
+from keras_gpt_scratch.layers import (  # noqa: E402
+    GELU,
+    CausalSelfAttention,
+    FeedForward,
+    LayerNorm,
+    MultiHeadAttention,
+    PositionEmbedding,
+    SelfAttention,
+    TokenEmbedding,
+    TransformerBlock,
+)
+from keras_gpt_scratch.models.gpt_backbone import GPTBackbone  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GELU",
+    "CausalSelfAttention",
+    "FeedForward",
+    "GPTBackbone",
+    "LayerNorm",
+    "MultiHeadAttention",
+    "PositionEmbedding",
+    "SelfAttention",
+    "TokenEmbedding",
+    "TransformerBlock",
+]

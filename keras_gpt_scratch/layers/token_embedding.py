@@ -1,0 +1,133 @@
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_gpt_scratch")
+class TokenEmbedding(keras.layers.Embedding):
+    """Token embedding that doubles as the language-model head (book, ch. 4).
+
+    Forward, it looks token ids up in a `(vocabulary_size, hidden_dim)`
+    table, like `torch.nn.Embedding` in the book. With `reverse=True` it maps
+    hidden states back to vocabulary logits: through the transposed table
+    when the weights are tied (GPT-2), or through a separate
+    `(hidden_dim, vocabulary_size)` matrix when they are not (the book's
+    `out_head`). It builds on `keras.layers.Embedding` so that Keras' LoRA
+    and int8 quantization apply to the table.
+
+    Token ids outside `[0, vocabulary_size)` raise an error that names the
+    first bad id: TensorFlow's own gather fails with an opaque message on
+    CPU and silently returns zeros on GPU.
+
+    Args:
+        vocabulary_size: int. Number of token ids.
+        hidden_dim: int. Width of each embedding vector.
+        tie_weights: bool. Reuse the table as the output projection.
+        embeddings_initializer: initializer for the table(s).
+        **kwargs: other keyword arguments passed to `keras.layers.Layer`.
+
+    Call arguments:
+        inputs: int token ids `(batch, sequence)`, or with `reverse=True`,
+            hidden states `(batch, sequence, hidden_dim)`.
+        reverse: bool. Project hidden states to logits instead of looking
+            ids up. Logits are returned in float32 so that softmax and the
+            loss stay accurate under mixed precision.
+
+    Example:
+    ```python
+    emb = keras_gpt_scratch.TokenEmbedding(50257, 768)
+    x = emb(np.array([[15496, 11, 995]]))  # (1, 3, 768)
+    logits = emb(x, reverse=True)  # (1, 3, 50257)
+    ```
+    """
+
+    def __init__(
+        self,
+        vocabulary_size: int,
+        hidden_dim: int,
+        tie_weights: bool = True,
+        embeddings_initializer="uniform",
+        **kwargs,
+    ):
+        super().__init__(
+            input_dim=vocabulary_size,
+            output_dim=hidden_dim,
+            embeddings_initializer=embeddings_initializer,
+            **kwargs,
+        )
+        self.tie_weights = tie_weights
+
+    @property
+    def vocabulary_size(self) -> int:
+        return self.input_dim
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        if not self.tie_weights:
+            self.reverse_embeddings = self.add_weight(
+                name="reverse_embeddings",
+                shape=(self.output_dim, self.input_dim),
+                initializer=self.embeddings_initializer,
+            )
+
+    def call(self, inputs, reverse: bool = False):
+        if reverse:
+            if self.tie_weights:
+                kernel = ops.transpose(ops.cast(self.embeddings, self.compute_dtype))
+            else:
+                kernel = ops.cast(self.reverse_embeddings, self.compute_dtype)
+            logits = ops.matmul(inputs, kernel)  # (B, T, V)
+            return ops.cast(logits, "float32")
+        inputs = ops.convert_to_tensor(inputs)
+        if not inputs.dtype.is_integer:
+            inputs = ops.cast(inputs, "int32")
+        self._check_ids(inputs)
+        return super().call(inputs)  # (B, T, C)
+
+    def _check_ids(self, ids):
+        bad = tf.logical_or(ids < 0, ids >= self.input_dim)
+        if tf.executing_eagerly():
+            if bool(tf.reduce_any(bad)):
+                first = int(tf.boolean_mask(ids, bad)[0])
+                raise ValueError(self._bad_id_message(first))
+            return
+        flat_bad = tf.reshape(bad, [-1])
+        first = tf.gather(
+            tf.reshape(ids, [-1]), tf.argmax(tf.cast(flat_bad, "int32"))
+        )
+        tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(flat_bad)),
+            [self._bad_id_message(None), "The first bad id is", first],
+            summarize=1,
+        )
+
+    def _bad_id_message(self, token_id):
+        which = "A token id" if token_id is None else f"Token id {token_id}"
+        return (
+            f"{which} is outside the vocabulary [0, "
+            f"{self.input_dim}). Check the tokenizer matches the model's "
+            "vocabulary_size."
+        )
+
+    def compute_output_shape(self, input_shape, reverse=False):
+        if reverse:
+            return (*input_shape[:-1], self.input_dim)
+        return (*input_shape, self.output_dim)
+
+    def compute_output_spec(self, inputs, reverse=False):
+        shape = self.compute_output_shape(inputs.shape, reverse=reverse)
+        dtype = "float32" if reverse else self.compute_dtype
+        return keras.KerasTensor(shape, dtype=dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("input_dim", "output_dim", "mask_zero", "input_length"):
+            config.pop(key, None)
+        config.update(
+            {
+                "vocabulary_size": self.input_dim,
+                "hidden_dim": self.output_dim,
+                "tie_weights": self.tie_weights,
+            }
+        )
+        return config

@@ -1,0 +1,135 @@
+"""The built-in presets (`presets/*.json`) and preset loading/saving glue.
+
+A built-in preset is a named architecture plus where its weights come from.
+`from_preset(name)` builds it directly; a preset *directory* (written by
+`save_to_preset`) goes through keras_hub's loader, after a check that names
+any missing or corrupt file.
+"""
+
+import functools
+import importlib.resources
+import json
+import os
+import warnings
+
+from keras_hub.src.utils.python_utils import classproperty
+
+from keras_gpt_scratch.io_utils import atomic_directory
+
+CONFIG_FILES = ("config.json", "tokenizer.json", "preprocessor.json", "task.json")
+
+
+@functools.cache
+def builtin_presets() -> dict[str, dict]:
+    """Name -> spec for every JSON file shipped in `presets/`."""
+    root = importlib.resources.files("keras_gpt_scratch.presets")
+    specs = {}
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            spec = json.loads(entry.read_text(encoding="utf-8"))
+            specs[entry.name[: -len(".json")]] = spec
+    return specs
+
+
+def unknown_preset_error(preset) -> ValueError:
+    known = ", ".join(sorted(builtin_presets()))
+    return ValueError(
+        f"Unknown preset {preset!r}. Known presets: {known}. A preset can also "
+        "be a directory written by save_to_preset(), or a Hugging Face handle "
+        "like 'hf://user/repo'."
+    )
+
+
+def check_preset_dir(path: str, load_weights: bool = True) -> None:
+    """Raise an error naming the file if a preset directory is incomplete."""
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"Preset directory {path} has no config.json, so it is not a "
+            "preset. Point at a directory written by save_to_preset()."
+        )
+    for name in CONFIG_FILES + ("metadata.json",):
+        file = os.path.join(path, name)
+        if os.path.exists(file):
+            try:
+                with open(file, encoding="utf-8") as f:
+                    json.load(f)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ValueError(
+                    f"Preset file {file} is corrupt (not valid JSON: {e}). "
+                    "Save the preset again or re-download it."
+                ) from e
+    if not load_weights:
+        return
+    weights = os.path.join(path, "model.weights.h5")
+    sharded = os.path.join(path, "model.weights.json")
+    if not os.path.exists(weights) and not os.path.exists(sharded):
+        raise FileNotFoundError(
+            f"Preset directory {path} has no model.weights.h5. Save the preset "
+            "again, or pass load_weights=False for fresh weights."
+        )
+    if os.path.exists(weights):
+        import h5py
+
+        try:
+            with h5py.File(weights, "r"):
+                pass
+        except OSError as e:
+            raise ValueError(
+                f"Preset file {weights} is corrupt or truncated ({e}). Save the "
+                "preset again or re-download it."
+            ) from e
+
+
+def warn_fresh_weights(name: str, spec: dict) -> None:
+    source = spec.get("weights")
+    why = (
+        "this preset has no pretrained weights"
+        if not source
+        else "loading its pretrained weights is not available yet"
+    )
+    warnings.warn(
+        f"Preset '{name}': {why}, so the model is freshly initialised "
+        "(random weights, no download).",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+class PresetMixin:
+    """`from_preset` with built-in names and checked directories; atomic saves.
+
+    Mixed into our keras_hub subclasses ahead of the keras_hub base class.
+    Subclasses implement `_from_builtin(name, spec, load_weights, **kwargs)`.
+    """
+
+    @classproperty
+    def presets(cls) -> dict[str, dict]:
+        """The built-in presets: name -> spec (metadata, config, weights)."""
+        return dict(builtin_presets())
+
+    @classmethod
+    def from_preset(cls, preset, load_weights: bool = True, **kwargs):
+        if isinstance(preset, os.PathLike):
+            preset = os.fspath(preset)
+        if not isinstance(preset, str):
+            raise TypeError(
+                f"A preset must be a name, a directory or an hf:// handle; got "
+                f"{type(preset).__name__}."
+            )
+        specs = builtin_presets()
+        if preset in specs:
+            return cls._from_builtin(preset, specs[preset], load_weights, **kwargs)
+        if "://" not in preset:
+            if not os.path.isdir(preset):
+                raise unknown_preset_error(preset)
+            check_preset_dir(preset, load_weights)
+        return cls._keras_hub_from_preset(preset, load_weights=load_weights, **kwargs)
+
+    @classmethod
+    def _keras_hub_from_preset(cls, preset, **kwargs):
+        return super().from_preset(preset, **kwargs)
+
+    def save_to_preset(self, preset_dir, *args, **kwargs):
+        """Save a preset directory; an existing one is replaced only on success."""
+        with atomic_directory(preset_dir) as tmp:
+            super().save_to_preset(tmp, *args, **kwargs)
