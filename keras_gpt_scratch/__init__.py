@@ -16,6 +16,11 @@ from keras_gpt_scratch.layers import (  # noqa: E402
     TransformerBlock,
 )
 from keras_gpt_scratch.models.gpt_backbone import GPTBackbone  # noqa: E402
+from keras_gpt_scratch.models.gpt_causal_lm import GPTCausalLM  # noqa: E402
+from keras_gpt_scratch.models.gpt_causal_lm_preprocessor import (  # noqa: E402
+    GPTCausalLMPreprocessor,
+)
+from keras_gpt_scratch.tokenizers import GPTTokenizer, SimpleTokenizer  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -24,6 +29,10 @@ __all__ = [
     "CausalSelfAttention",
     "FeedForward",
     "GPTBackbone",
+    "GPTCausalLM",
+    "GPTCausalLMPreprocessor",
+    "GPTTokenizer",
+    "SimpleTokenizer",
     "LayerNorm",
     "MultiHeadAttention",
     "PositionEmbedding",

@@ -72,11 +72,16 @@ class TokenEmbedding(keras.layers.Embedding):
 
     def call(self, inputs, reverse: bool = False):
         if reverse:
+            shape = ops.shape(inputs)
+            x = ops.reshape(inputs, (-1, shape[-1]))  # (B*T, C)
             if self.tie_weights:
-                kernel = ops.transpose(ops.cast(self.embeddings, self.compute_dtype))
+                # transpose_b reads the (V, C) table in place; ops.transpose
+                # would copy all of it on every step.
+                table = ops.cast(self.embeddings, self.compute_dtype)
+                logits = tf.matmul(x, table, transpose_b=True)
             else:
-                kernel = ops.cast(self.reverse_embeddings, self.compute_dtype)
-            logits = ops.matmul(inputs, kernel)  # (B, T, V)
+                logits = ops.matmul(x, ops.cast(self.reverse_embeddings, self.compute_dtype))
+            logits = ops.reshape(logits, (*shape[:-1], self.input_dim))  # (B, T, V)
             return ops.cast(logits, "float32")
         inputs = ops.convert_to_tensor(inputs)
         if not inputs.dtype.is_integer:

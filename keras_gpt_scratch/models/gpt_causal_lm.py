@@ -1,0 +1,224 @@
+from typing import Any
+
+import keras
+import keras_hub
+from keras import ops
+from keras_hub.models import CausalLM
+from keras_hub.src.utils.tensor_utils import any_equal
+
+from keras_gpt_scratch.io_utils import atomic_file
+from keras_gpt_scratch.models import gpt_presets
+from keras_gpt_scratch.models.gpt_backbone import GPTBackbone
+from keras_gpt_scratch.models.gpt_causal_lm_preprocessor import (
+    GPTCausalLMPreprocessor,
+)
+
+# Never decay LayerNorm parameters, biases or embeddings (GPT-2 / nanoGPT).
+NO_WEIGHT_DECAY = ["bias", "scale", "shift", "embeddings"]
+
+
+@keras.saving.register_keras_serializable(package="keras_gpt_scratch")
+class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
+    """GPT for causal language modeling: the book's `GPTModel` with its head.
+
+    Wraps a `GPTBackbone` and maps its hidden states to next-token logits,
+    through the token embedding (tied, GPT-2) or a separate head (the book).
+    Like keras_hub's `GPT2CausalLM` it trains with `fit()` and samples with
+    `generate()`, using a key/value cache so every new token costs one
+    position. Attach a `GPTCausalLMPreprocessor` to work on raw strings.
+
+    Args:
+        backbone: a `GPTBackbone`.
+        preprocessor: a `GPTCausalLMPreprocessor`, or `None` to feed token ids
+            (`{"token_ids", "padding_mask"}`) directly.
+
+    Example:
+    ```python
+    lm = keras_gpt_scratch.GPTCausalLM.from_preset("gpt_tiny")
+    lm.fit(["To be, or not to be, that is the question."], epochs=1)
+    lm.compile(sampler="greedy")
+    lm.generate("To be", max_length=20)
+    ```
+
+    Without a preprocessor:
+    ```python
+    lm = keras_gpt_scratch.GPTCausalLM(backbone, preprocessor=None)
+    x = {"token_ids": np.array([[15496, 11, 995]]),
+         "padding_mask": np.array([[1, 1, 1]])}
+    logits = lm.predict(x)  # (1, 3, 50257)
+    ```
+    """
+
+    backbone_cls = GPTBackbone
+    preprocessor_cls = GPTCausalLMPreprocessor
+
+    def __init__(
+        self,
+        backbone: GPTBackbone,
+        preprocessor: GPTCausalLMPreprocessor | None = None,
+        **kwargs,
+    ):
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+
+        # === Functional Model ===
+        inputs = backbone.input
+        hidden_states = backbone(inputs)  # (B, T, C)
+        outputs = backbone.token_embedding(hidden_states, reverse=True)  # (B, T, V)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        *,
+        weighted_metrics="auto",
+        sampler="top_k",
+        **kwargs,
+    ):
+        """Configure training and generation, with defaults for pretraining.
+
+        Unlike keras_hub's fine-tuning default (Adam at 2e-5), `"auto"` gives
+        AdamW at 4e-4 with weight decay 0.1 (not on LayerNorm parameters,
+        biases or embeddings) and global gradient clipping at 1.0: a setting
+        that trains a GPT from scratch. Other arguments are keras_hub's
+        `CausalLM.compile` arguments, including `sampler`.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(
+                learning_rate=4e-4, weight_decay=0.1, global_clipnorm=1.0
+            )
+            optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            weighted_metrics=weighted_metrics,
+            sampler=sampler,
+            **kwargs,
+        )
+
+    def get_compile_config(self):
+        # keras.Model saves only fit()'s arguments: add the sampler, and the
+        # weight-decay exclusions, which AdamW's own config leaves out.
+        config = super().get_compile_config()
+        if config:
+            config["sampler"] = keras_hub.samplers.serialize(self.sampler)
+            pattern = getattr(self.optimizer, "_exclude_from_weight_decay_pattern", None)
+            if pattern is not None:
+                config["exclude_from_weight_decay"] = sorted(pattern.pattern.split("|"))
+        return config
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        sampler = config.pop("sampler", None)
+        exclude = config.pop("exclude_from_weight_decay", None)
+        config = keras.saving.deserialize_keras_object(config)
+        if sampler is not None:
+            config["sampler"] = keras_hub.samplers.deserialize(sampler)
+        self.compile(**config)
+        if exclude:
+            self.optimizer.exclude_from_weight_decay(var_names=exclude)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @classmethod
+    def from_book_config(
+        cls, config: dict[str, Any], preprocessor=None, **kwargs
+    ) -> "GPTCausalLM":
+        """Build from the book's config dict (see `GPTBackbone.from_book_config`)."""
+        return cls(GPTBackbone.from_book_config(config, **kwargs), preprocessor)
+
+    @classmethod
+    def _from_builtin(cls, name, spec, load_weights, **kwargs):
+        kwargs.pop("load_task_weights", None)
+        backbone = kwargs.pop("backbone", None)
+        if backbone is None:
+            backbone = GPTBackbone._from_builtin(
+                name, spec, load_weights, dtype=kwargs.pop("dtype", None)
+            )
+        if "preprocessor" not in kwargs:
+            kwargs["preprocessor"] = GPTCausalLMPreprocessor.from_preset(name)
+        return cls(backbone=backbone, **kwargs)
+
+    def save(self, filepath, *args, **kwargs):
+        """`keras.Model.save`, written to a temporary file then renamed."""
+        with atomic_file(filepath) as tmp:
+            super().save(tmp, *args, **kwargs)
+
+    # === Generation ===
+
+    def call_with_cache(self, token_ids, cache, cache_update_index):
+        """Forward pass over new positions only, reading and writing `cache`.
+
+        Args:
+            token_ids: int tensor `(batch, new_positions)`.
+            cache: float tensor `(batch, num_layers, 2, max_length, num_heads,
+                head_dim)` with the keys and values of earlier positions.
+            cache_update_index: int or int tensor, position of `token_ids[:, 0]`.
+
+        Returns:
+            `(logits, hidden_states, cache)`.
+        """
+        backbone = self.backbone
+        tokens = backbone.token_embedding(token_ids)
+        positions = backbone.position_embedding(tokens, start_index=cache_update_index)
+        x = backbone.embeddings_dropout(tokens + positions)
+        caches = []
+        for i, block in enumerate(backbone.transformer_layers):
+            x, layer_cache = block(
+                x, cache=cache[:, i], cache_update_index=cache_update_index
+            )
+            caches.append(layer_cache)
+        cache = ops.stack(caches, axis=1)
+        hidden_states = backbone.layer_norm(x)
+        logits = backbone.token_embedding(hidden_states, reverse=True)
+        return logits, hidden_states, cache
+
+    def _build_cache(self, token_ids):
+        batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+        b = self.backbone
+        shape = [batch, b.num_layers, 2, length, b.num_heads, b.hidden_dim // b.num_heads]
+        cache = ops.zeros(shape, dtype=self.compute_dtype)
+        _, hidden_states, cache = self.call_with_cache(token_ids, cache, 0)
+        return hidden_states, cache
+
+    def generate_step(self, inputs, stop_token_ids=None):
+        """One compiled generation pass over a batch (keras_hub's contract)."""
+        token_ids, padding_mask = inputs["token_ids"], inputs["padding_mask"]
+        hidden_states, cache = self._build_cache(token_ids)
+        row_lengths = ops.sum(ops.cast(padding_mask, "int32"), axis=-1)
+        index = ops.min(row_lengths)
+
+        def next(prompt, cache, index):
+            cache_update_index = index - 1
+            batch = ops.shape(prompt)[0]
+            prompt = ops.slice(prompt, [0, cache_update_index], [batch, 1])
+            logits, hidden_states, cache = self.call_with_cache(
+                prompt, cache, cache_update_index
+            )
+            return (
+                ops.squeeze(logits, axis=1),
+                ops.squeeze(hidden_states, axis=1),
+                cache,
+            )
+
+        token_ids = self.sampler(
+            next=next,
+            prompt=token_ids,
+            cache=cache,
+            index=index,
+            mask=padding_mask,
+            stop_token_ids=stop_token_ids,
+            hidden_states=hidden_states,
+            model=self,
+        )
+        if stop_token_ids is not None:
+            # Keep everything up to and including each row's first stop token.
+            end = any_equal(token_ids, stop_token_ids, ops.logical_not(padding_mask))
+            end = ops.cast(end, "int32")
+            after = ops.cumsum(end, axis=-1) - end
+            padding_mask = ops.logical_not(ops.cast(after, "bool"))
+        else:
+            padding_mask = ops.ones_like(token_ids, dtype="bool")
+        return {"token_ids": token_ids, "padding_mask": padding_mask}
