@@ -53,7 +53,10 @@ def test_right_padding_does_not_change_real_positions():
 
 def test_gpt2_small_parameter_count():
     backbone = kgs.GPTBackbone(
-        vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
+        vocabulary_size=50257,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
         max_sequence_length=1024,
     )
     assert backbone.count_params() == 124_439_808
@@ -61,8 +64,13 @@ def test_gpt2_small_parameter_count():
 
 def test_book_config_parameter_count():
     cfg = {
-        "vocab_size": 50257, "context_length": 1024, "emb_dim": 768,
-        "n_heads": 12, "n_layers": 12, "drop_rate": 0.1, "qkv_bias": False,
+        "vocab_size": 50257,
+        "context_length": 1024,
+        "emb_dim": 768,
+        "n_heads": 12,
+        "n_layers": 12,
+        "drop_rate": 0.1,
+        "qkv_bias": False,
     }
     backbone = kgs.GPTBackbone.from_book_config(cfg)
     assert backbone.count_params() == 163_009_536
@@ -132,7 +140,9 @@ def test_frozen_weight_names():
 
 def test_presets_listed_and_param_counts_match_metadata():
     presets = kgs.GPTBackbone.presets
-    assert {"gpt_tiny", "gpt2_124m", "gpt2_355m", "gpt2_774m", "gpt2_1558m"} <= set(presets)
+    assert {"gpt_tiny", "gpt2_124m", "gpt2_355m", "gpt2_774m", "gpt2_1558m"} <= set(
+        presets
+    )
     assert presets["gpt_tiny"]["backbone"]["max_sequence_length"] == 256
     with pytest.warns(UserWarning, match="freshly initialised"):
         tiny = kgs.GPTBackbone.from_preset("gpt_tiny")
@@ -143,7 +153,9 @@ def test_presets_listed_and_param_counts_match_metadata():
 def test_gpt2_preset_geometry():
     cfg = kgs.GPTBackbone.presets["gpt2_124m"]["backbone"]
     assert (cfg["vocabulary_size"], cfg["max_sequence_length"], cfg["hidden_dim"]) == (
-        50257, 1024, 768,
+        50257,
+        1024,
+        768,
     )
     assert (cfg["num_heads"], cfg["num_layers"]) == (12, 12)
 

@@ -47,8 +47,13 @@ def test_untied_head_is_separate():
 
 def test_book_config_builds_untied_model():
     cfg = {
-        "vocab_size": 61, "context_length": 8, "emb_dim": 16, "n_heads": 2,
-        "n_layers": 1, "drop_rate": 0.0, "qkv_bias": False,
+        "vocab_size": 61,
+        "context_length": 8,
+        "emb_dim": 16,
+        "n_heads": 2,
+        "n_layers": 1,
+        "drop_rate": 0.0,
+        "qkv_bias": False,
     }
     lm = kgs.GPTCausalLM.from_book_config(cfg)
     assert not lm.backbone.tie_weights
@@ -63,7 +68,9 @@ def test_default_compile_is_adamw_without_decay_on_norms_biases_embeddings(lm):
     assert "gpt_backbone/transformer_layer_0/attention/query/kernel" in decayed or any(
         p.endswith("attention/query/kernel") for p in decayed
     )
-    assert not any(p.endswith(("bias", "scale", "shift", "embeddings")) for p in decayed)
+    assert not any(
+        p.endswith(("bias", "scale", "shift", "embeddings")) for p in decayed
+    )
 
 
 def test_fit_lowers_loss_on_a_repeated_sequence(lm):
@@ -127,11 +134,13 @@ def test_keras_file_round_trip_keeps_compile_state(lm, tmp_path):
     assert isinstance(loaded.optimizer, keras.optimizers.AdamW)
     assert loaded.optimizer.get_config() == lm.optimizer.get_config()
     for v in lm.trainable_variables:
-        assert loaded.optimizer._use_weight_decay(v) == lm.optimizer._use_weight_decay(v)
+        assert loaded.optimizer._use_weight_decay(v) == lm.optimizer._use_weight_decay(
+            v
+        )
     assert not loaded.optimizer._use_weight_decay(lm.backbone.layer_norm.scale)
     assert type(loaded.sampler) is type(lm.sampler)
     assert int(loaded.optimizer.iterations) == int(lm.optimizer.iterations) == 2
-    for a, b in zip(loaded.optimizer.variables, lm.optimizer.variables):
+    for a, b in zip(loaded.optimizer.variables, lm.optimizer.variables, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-7)
     # Training continues from the same state: one more step agrees.
     lm.fit(x, y, epochs=1, verbose=0)

@@ -192,7 +192,9 @@ def test_transformer_block_matches_numpy():
 
     h = x + np_mha(ln(x, block.attention_norm), block.attention)
     ff = block.feed_forward
-    inner = np_gelu_tanh(np_dense(ln(h, block.feed_forward_norm), ff.intermediate_dense))
+    inner = np_gelu_tanh(
+        np_dense(ln(h, block.feed_forward_norm), ff.intermediate_dense)
+    )
     expected = h + np_dense(inner, ff.output_dense)
     np.testing.assert_allclose(block(x), expected, atol=1e-3)
     # Dropout on the shortcut branches in training only.
@@ -220,7 +222,9 @@ def test_token_embedding_untied_head():
 
 def test_token_embedding_rejects_out_of_range_ids_eagerly():
     emb = kgs.TokenEmbedding(10, 4)
-    with pytest.raises(ValueError, match=r"Token id 12 is outside the vocabulary \[0, 10\)"):
+    with pytest.raises(
+        ValueError, match=r"Token id 12 is outside the vocabulary \[0, 10\)"
+    ):
         emb(np.array([[1, 12, 3]]))
     with pytest.raises(ValueError, match="Token id -1"):
         emb(np.array([[-1]]))
@@ -230,7 +234,9 @@ def test_token_embedding_rejects_out_of_range_ids_in_graph():
     emb = kgs.TokenEmbedding(10, 4)
     emb(np.array([[1]]))
     fn = tf.function(lambda ids: emb(ids))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"outside the vocabulary.*\n?.*13"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"outside the vocabulary.*\n?.*13"
+    ):
         fn(tf.constant([[1, 13]]))
 
 
@@ -261,7 +267,9 @@ LAYERS = [
 ]
 
 
-@pytest.mark.parametrize("cls,kwargs,shape", LAYERS, ids=lambda v: getattr(v, "__name__", ""))
+@pytest.mark.parametrize(
+    "cls,kwargs,shape", LAYERS, ids=lambda v: getattr(v, "__name__", "")
+)
 def test_layer_config_round_trip(cls, kwargs, shape):
     layer = cls(**kwargs, name="probe")
     x = rand(*shape)
@@ -270,7 +278,9 @@ def test_layer_config_round_trip(cls, kwargs, shape):
     for key, value in kwargs.items():
         assert config[key] == value
     # Through Keras' own (de)serialization, by registered name.
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    clone = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(layer)
+    )
     assert type(clone) is cls and clone.get_config() == config
     clone(x)
     clone.set_weights(layer.get_weights())
@@ -304,4 +314,6 @@ def test_mixed_bfloat16_keeps_softmax_and_layer_norm_statistics_in_float32():
     # The attention weights are a float32 softmax: rows sum to 1 exactly-ish.
     att = kgs.CausalSelfAttention(output_dim=8, dtype="mixed_bfloat16")
     _, weights = att(x - 100.0, return_attention_scores=True)
-    np.testing.assert_allclose(tf.reduce_sum(tf.cast(weights, tf.float32), -1), 1.0, atol=1e-2)
+    np.testing.assert_allclose(
+        tf.reduce_sum(tf.cast(weights, tf.float32), -1), 1.0, atol=1e-2
+    )

@@ -35,12 +35,8 @@ class LayerNorm(keras.layers.Layer):
 
     def build(self, input_shape):
         dim = input_shape[-1]
-        self.scale = self.add_weight(
-            name="scale", shape=(dim,), initializer="ones"
-        )
-        self.shift = self.add_weight(
-            name="shift", shape=(dim,), initializer="zeros"
-        )
+        self.scale = self.add_weight(name="scale", shape=(dim,), initializer="ones")
+        self.shift = self.add_weight(name="shift", shape=(dim,), initializer="zeros")
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")  # statistics in float32, always

@@ -80,13 +80,15 @@ class TokenEmbedding(keras.layers.Embedding):
                 table = ops.cast(self.embeddings, self.compute_dtype)
                 logits = tf.matmul(x, table, transpose_b=True)
             else:
-                logits = ops.matmul(x, ops.cast(self.reverse_embeddings, self.compute_dtype))
+                logits = ops.matmul(
+                    x, ops.cast(self.reverse_embeddings, self.compute_dtype)
+                )
             logits = ops.reshape(logits, (*shape[:-1], self.input_dim))  # (B, T, V)
             return ops.cast(logits, "float32")
         inputs = ops.convert_to_tensor(inputs)
         if not inputs.dtype.is_integer:
             inputs = ops.cast(inputs, "int32")
-        self._check_ids(inputs)
+        inputs = self._check_ids(inputs)
         return super().call(inputs)  # (B, T, C)
 
     def _check_ids(self, ids):
@@ -95,16 +97,17 @@ class TokenEmbedding(keras.layers.Embedding):
             if bool(tf.reduce_any(bad)):
                 first = int(tf.boolean_mask(ids, bad)[0])
                 raise ValueError(self._bad_id_message(first))
-            return
+            return ids
         flat_bad = tf.reshape(bad, [-1])
-        first = tf.gather(
-            tf.reshape(ids, [-1]), tf.argmax(tf.cast(flat_bad, "int32"))
-        )
-        tf.debugging.Assert(
+        first = tf.gather(tf.reshape(ids, [-1]), tf.argmax(tf.cast(flat_bad, "int32")))
+        check = tf.debugging.Assert(
             tf.logical_not(tf.reduce_any(flat_bad)),
             [self._bad_id_message(None), "The first bad id is", first],
             summarize=1,
         )
+        # The gather must wait for the check, or it fails first, opaquely.
+        with tf.control_dependencies([check]):
+            return tf.identity(ids)
 
     def _bad_id_message(self, token_id):
         which = "A token id" if token_id is None else f"Token id {token_id}"

@@ -130,9 +130,7 @@ class GPTBackbone(gpt_presets.PresetMixin, Backbone):
             )
             for i in range(num_layers)
         ]
-        self.layer_norm = LayerNorm(
-            layer_norm_epsilon, dtype=dtype, name="layer_norm"
-        )
+        self.layer_norm = LayerNorm(layer_norm_epsilon, dtype=dtype, name="layer_norm")
 
         # === Functional Model ===
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")

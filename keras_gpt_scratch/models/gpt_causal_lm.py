@@ -98,13 +98,22 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
             **kwargs,
         )
 
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        # Token-id batches (e.g. from `create_dataset`) skip the string
+        # preprocessor, so one model trains on both raw text and windows.
+        if isinstance(x, dict) and "token_ids" in x:
+            return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        return super().preprocess_samples(x, y, sample_weight)
+
     def get_compile_config(self):
         # keras.Model saves only fit()'s arguments: add the sampler, and the
         # weight-decay exclusions, which AdamW's own config leaves out.
         config = super().get_compile_config()
         if config:
             config["sampler"] = keras_hub.samplers.serialize(self.sampler)
-            pattern = getattr(self.optimizer, "_exclude_from_weight_decay_pattern", None)
+            pattern = getattr(
+                self.optimizer, "_exclude_from_weight_decay_pattern", None
+            )
             if pattern is not None:
                 config["exclude_from_weight_decay"] = sorted(pattern.pattern.split("|"))
         return config
@@ -178,7 +187,14 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
     def _build_cache(self, token_ids):
         batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
         b = self.backbone
-        shape = [batch, b.num_layers, 2, length, b.num_heads, b.hidden_dim // b.num_heads]
+        shape = [
+            batch,
+            b.num_layers,
+            2,
+            length,
+            b.num_heads,
+            b.hidden_dim // b.num_heads,
+        ]
         cache = ops.zeros(shape, dtype=self.compute_dtype)
         _, hidden_states, cache = self.call_with_cache(token_ids, cache, 0)
         return hidden_states, cache

@@ -1,0 +1,218 @@
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import keras_gpt_scratch as kgs
+from keras_gpt_scratch import training
+from keras_gpt_scratch.cli import main as cli_main
+
+MICRO = {
+    "vocabulary_size": 50257,
+    "num_layers": 1,
+    "num_heads": 2,
+    "hidden_dim": 32,
+    "max_sequence_length": 64,
+    "dropout": 0.0,
+}
+
+
+def micro_config(tmp_path, **kwargs):
+    base = dict(
+        model_config=MICRO,
+        corpus="verdict",
+        context_length=32,
+        batch_size=4,
+        steps=6,
+        output_dir=str(tmp_path / "run"),
+        sample_tokens=4,
+        verbose=0,
+    )
+    return training.TrainConfig(**{**base, **kwargs})
+
+
+def read_log(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_end_to_end_writes_checkpoints_log_and_plot(data_dir, tmp_path, capsys):
+    result = training.train(micro_config(tmp_path))
+    out = tmp_path / "run"
+    for name in ("last", "best"):
+        assert (out / name / "model.weights.h5").is_file()
+        assert (out / name / "assets/tokenizer/gpt2.tiktoken").is_file()
+        assert (out / f"{name}.keras").is_file()
+    png = (out / "loss.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    rows = read_log(out / "log.csv")
+    assert [r["epoch"] for r in rows] == ["0"]
+    assert float(rows[0]["val_loss"]) == pytest.approx(result.val_loss, rel=1e-5)
+    printed = capsys.readouterr().out
+    assert "sample after epoch 1" in printed and "Every effort moves you" in printed
+    assert printed.strip().splitlines()[-1].startswith("done: train loss")
+    assert result.tokens_per_second > 0 and result.epochs_run == 1
+    # The checkpoint is a working preset: its loss on the validation text
+    # matches what fit() reported.
+    lm = kgs.GPTCausalLM.from_preset(str(out / "last"))
+    ev = training.evaluate(lm, corpus="verdict", split="validation", context_length=32)
+    assert ev.loss == pytest.approx(result.val_loss, abs=0.02)
+
+
+def test_loss_decreases_over_a_short_run(data_dir, tmp_path):
+    cfg = micro_config(tmp_path, steps=None, epochs=3, learning_rate=3e-3)
+    training.train(cfg)
+    epochs = json.loads((tmp_path / "run/history.json").read_text())["epochs"]
+    assert len(epochs) == 3
+    assert epochs[-1]["loss"] < epochs[0]["loss"] - 0.5
+    assert epochs[-1]["val_loss"] < 10.0  # from ~ln(50257) = 10.8
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = training.TrainConfig(
+        learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=10
+    )
+    lr = training.make_schedule(cfg, total_steps=110)
+    opt = training.make_optimizer(cfg, total_steps=110)
+    assert float(lr(0)) == pytest.approx(0.0)
+    assert float(lr(5)) == pytest.approx(5e-4, rel=1e-3)
+    assert float(lr(10)) == pytest.approx(1e-3, rel=1e-3)
+    assert float(lr(110)) == pytest.approx(1e-4, rel=1e-3)
+    assert opt.global_clipnorm == 1.0 and opt.weight_decay == pytest.approx(0.1)
+
+
+def test_resume_after_sigkill_continues_epochs(data_dir, tmp_path):
+    cfg_file = tmp_path / "micro.json"
+    cfg_file.write_text(json.dumps(MICRO))
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "keras_gpt_scratch.cli",
+        "train",
+        "--config",
+        str(cfg_file),
+        "--corpus",
+        "verdict",
+        "--context-length",
+        "32",
+        "--stride",
+        "8",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "3",
+        "--output-dir",
+        str(out),
+        "--sample-tokens",
+        "0",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    log = out / "log.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and len(read_log(log)) >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)  # mid-epoch 2, no chance to clean up
+    proc.wait()
+    assert len(read_log(log)) == 1
+    assert not (out / "summary.json").exists()
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "Resuming" in rerun.stdout
+    assert [r["epoch"] for r in read_log(log)] == ["0", "1", "2"]
+    history = json.loads((out / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    assert json.loads((out / "summary.json").read_text())["epochs_run"] == 3
+
+
+def test_evaluate_uniform_model_scores_log_vocabulary(data_dir):
+    lm = kgs.GPTCausalLM.from_preset("gpt_tiny")
+    for w in lm.backbone.weights:
+        w.assign(np.zeros(w.shape, "float32"))  # all logits 0: uniform
+    ev = training.evaluate(lm, corpus="verdict", split="validation", context_length=64)
+    assert ev.loss == pytest.approx(math.log(50257), abs=1e-4)
+    assert ev.perplexity == pytest.approx(50257, rel=1e-3)
+    text = kgs.data.load_the_verdict()
+    val = text[int(len(text) * 0.9) :]
+    assert ev.nats_per_char == pytest.approx(ev.loss * ev.tokens / len(val), rel=1e-6)
+
+
+def test_evaluate_cli_prints_json(data_dir, tmp_path, capsys):
+    lm = kgs.GPTCausalLM(
+        kgs.GPTBackbone(**MICRO),
+        kgs.GPTCausalLMPreprocessor(kgs.GPTTokenizer(), sequence_length=64),
+    )
+    lm.save_to_preset(tmp_path / "p")
+    code = cli_main(
+        ["evaluate", "--preset", str(tmp_path / "p"), "--corpus", "verdict", "--json"]
+    )
+    assert code == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["perplexity"] == pytest.approx(math.exp(got["loss"]))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"preset": "gpt_huge", "model_config": None}, "Known presets"),
+        ({"corpus": "wikipedia"}, "Known corpora: tinyshakespeare, verdict"),
+        ({"batch_size": 500}, "larger than the 144 training windows"),
+        ({"context_length": 65}, "longer than the model's context length"),
+        ({"batch_size": 0}, "batch_size must be positive"),
+    ],
+)
+def test_bad_settings_fail_before_training(data_dir, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        training.train(micro_config(tmp_path, **overrides))
+    assert not (tmp_path / "run" / "log.csv").exists()
+
+
+def test_output_dir_with_another_run_is_refused(data_dir, tmp_path):
+    training.train(micro_config(tmp_path))
+    with pytest.raises(FileExistsError, match="holds another run.*learning_rate"):
+        training.train(micro_config(tmp_path, learning_rate=5e-3))
+    with pytest.raises(FileExistsError, match="holds a finished run"):
+        training.train(micro_config(tmp_path))
+    training.train(micro_config(tmp_path, learning_rate=5e-3, overwrite=True))
+    run = json.loads((tmp_path / "run/run.json").read_text())
+    assert run["learning_rate"] == 5e-3
+
+
+def test_cli_reports_bad_input_without_traceback(data_dir, tmp_path, capsys):
+    code = cli_main(["train", "--corpus", "nope", "--output-dir", str(tmp_path / "r")])
+    assert code == 2
+    assert "Known corpora" in capsys.readouterr().err
+
+
+def test_fine_tune_from_a_saved_preset(data_dir, tmp_path):
+    keras.utils.set_random_seed(1)
+    base = kgs.GPTCausalLM(
+        kgs.GPTBackbone(**MICRO),
+        kgs.GPTCausalLMPreprocessor(kgs.GPTTokenizer(), sequence_length=64),
+    )
+    base.save_to_preset(tmp_path / "base")
+    cfg = micro_config(
+        tmp_path, model_config=None, init_from=str(tmp_path / "base"), steps=2
+    )
+    result = training.train(cfg)
+    before = training.evaluate(
+        base, corpus="verdict", split="validation", context_length=32
+    )
+    # Starts from the saved weights, not from scratch: the first loss is the
+    # base model's, and training only moves it a little in 2 steps.
+    assert abs(result.val_loss - before.loss) < 0.5
