@@ -21,6 +21,8 @@ from keras_gpt_scratch.models.gpt_causal_lm_preprocessor import (  # noqa: E402
     GPTCausalLMPreprocessor,
 )
 from keras_gpt_scratch.tokenizers import GPTTokenizer, SimpleTokenizer  # noqa: E402
+from keras_gpt_scratch import data  # noqa: E402
+from keras_gpt_scratch.generation import generate, generate_text  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -39,4 +41,7 @@ __all__ = [
     "SelfAttention",
     "TokenEmbedding",
     "TransformerBlock",
+    "data",
+    "generate",
+    "generate_text",
 ]

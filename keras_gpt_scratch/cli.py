@@ -38,15 +38,15 @@ def _train_parser(sub) -> None:
         "--stride", type=int, help="distance between windows (default: context length)"
     )
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument(
         "--steps", type=int, help="total training steps (overrides --epochs)"
     )
     p.add_argument(
-        "--learning-rate", type=float, default=1e-3, help="peak learning rate"
+        "--learning-rate", type=float, default=2e-3, help="peak learning rate"
     )
     p.add_argument(
-        "--min-learning-rate", type=float, default=1e-4, help="end of the cosine decay"
+        "--min-learning-rate", type=float, default=2e-4, help="end of the cosine decay"
     )
     p.add_argument(
         "--warmup-steps", type=int, help="linear warmup (default: 5%% of the steps)"
@@ -95,6 +95,56 @@ def _eval_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _generate_parser(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="sample text from a preset, streamed as tokens arrive",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", required=True, help="built-in name, preset directory or hf://...")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=40, help="0 = no top-k filter")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass, e.g. 0.9")
+    p.add_argument("--seed", type=int, help="seed for reproducible samples")
+
+
+def run_generate(args, out=sys.stdout) -> None:
+    """Stream a sample to `out`, holding back bytes of a split character."""
+    import warnings
+
+    from keras_gpt_scratch.generation import stream
+    from keras_gpt_scratch.models.gpt_causal_lm import GPTCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "freshly initialised" is shown below
+        lm = GPTCausalLM.from_preset(args.preset)
+    tokenizer = lm.preprocessor.tokenizer
+    if lm.backbone.vocabulary_size != tokenizer.vocabulary_size():
+        raise ValueError("The preset's tokenizer does not match its model.")
+    out.write(args.prompt)
+    out.flush()
+    generated, shown = [], ""
+    for token in stream(
+        lm,
+        tokenizer.encode(args.prompt),
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        seed=args.seed,
+    ):
+        generated.append(token)
+        text = tokenizer.decode(generated)
+        if text.endswith("\ufffd"):
+            continue  # a multi-byte character continues in the next token
+        out.write(text[len(shown) :])
+        out.flush()
+        shown = text
+    out.write("\n")
+
+
 def _jit(value: str):
     return {"auto": "auto", "true": True, "false": False}[value]
 
@@ -104,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _eval_parser(sub)
+    _generate_parser(sub)
     args = parser.parse_args(argv)
 
     # Imported here so that `keras-gpt --help` is instant and so that the
@@ -158,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(dataclasses.asdict(result)))
             else:
                 print(result.summary_line())
+        elif args.command == "generate":
+            run_generate(args)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"keras-gpt {args.command}: error: {e}", file=sys.stderr)
         return 2

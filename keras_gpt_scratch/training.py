@@ -78,10 +78,10 @@ class TrainConfig:
     context_length: int | None = None
     stride: int | None = None
     batch_size: int = 16
-    epochs: int = 4
+    epochs: int = 6
     steps: int | None = None
-    learning_rate: float = 1e-3
-    min_learning_rate: float = 1e-4
+    learning_rate: float = 2e-3
+    min_learning_rate: float = 2e-4
     warmup_steps: int | None = None
     weight_decay: float = 0.1
     clipnorm: float = 1.0

@@ -56,6 +56,7 @@ class FeedForward(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="gelu",
         )
+        self.activation.build((*input_shape[:-1], inner))
         self.output_dense = keras.layers.Dense(
             hidden_dim,
             kernel_initializer=self.kernel_initializer,

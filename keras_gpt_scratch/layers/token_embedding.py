@@ -91,6 +91,37 @@ class TokenEmbedding(keras.layers.Embedding):
         inputs = self._check_ids(inputs)
         return super().call(inputs)  # (B, T, C)
 
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Int8-quantize the table (Keras' `Embedding.quantize`); the tied
+        head then reads the same int8 table."""
+        if mode != "int8":
+            raise NotImplementedError(
+                f"TokenEmbedding supports int8 quantization only, not {mode!r}."
+            )
+        super().quantize(mode, type_check=False, config=config)
+
+    def _int8_call(self, inputs, reverse: bool = False, training=None):
+        if not reverse:
+            inputs = ops.convert_to_tensor(inputs)
+            if not inputs.dtype.is_integer:
+                inputs = ops.cast(inputs, "int32")
+            return super()._int8_call(self._check_ids(inputs))
+        shape = ops.shape(inputs)
+        x = ops.reshape(inputs, (-1, shape[-1]))  # (B*T, C)
+        if not self.tie_weights:
+            logits = ops.matmul(x, ops.cast(self.reverse_embeddings, x.dtype))
+        else:
+            # int8 x int8 -> int32, then undo both per-row scales.
+            x_q, x_scale = keras.quantizers.abs_max_quantize(x, axis=-1)
+            logits = tf.matmul(
+                x_q, self._embeddings, transpose_b=True, output_type=tf.int32
+            )
+            logits = ops.cast(logits, "float32") / (
+                ops.cast(x_scale, "float32") * self.embeddings_scale[None, :]
+            )
+        logits = ops.reshape(logits, (*shape[:-1], self.input_dim))
+        return ops.cast(logits, "float32")
+
     def _check_ids(self, ids):
         bad = tf.logical_or(ids < 0, ids >= self.input_dim)
         if tf.executing_eagerly():

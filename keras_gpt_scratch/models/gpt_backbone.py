@@ -183,6 +183,11 @@ class GPTBackbone(gpt_presets.PresetMixin, Backbone):
 
     @classmethod
     def _from_builtin(cls, name, spec, load_weights, **kwargs):
+        if load_weights and spec.get("weights"):
+            # GPT-2's real weights: downloaded, converted and cached once.
+            from keras_gpt_scratch.weights import from_builtin_preset
+
+            return from_builtin_preset(cls, name, spec, **kwargs)
         if load_weights:
             gpt_presets.warn_fresh_weights(name, spec)
         return cls(**{**spec["backbone"], **kwargs})

@@ -2,6 +2,7 @@ from typing import Any
 
 import keras
 import keras_hub
+import tensorflow as tf
 from keras import ops
 from keras_hub.models import CausalLM
 from keras_hub.src.utils.tensor_utils import any_equal
@@ -140,6 +141,11 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
 
     @classmethod
     def _from_builtin(cls, name, spec, load_weights, **kwargs):
+        if load_weights and spec.get("weights") and "backbone" not in kwargs:
+            # GPT-2's real weights: downloaded, converted and cached once.
+            from keras_gpt_scratch.weights import from_builtin_preset
+
+            return from_builtin_preset(cls, name, spec, **kwargs)
         kwargs.pop("load_task_weights", None)
         backbone = kwargs.pop("backbone", None)
         if backbone is None:
@@ -150,12 +156,156 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
             kwargs["preprocessor"] = GPTCausalLMPreprocessor.from_preset(name)
         return cls(backbone=backbone, **kwargs)
 
+    def quantize(self, mode=None, **kwargs):
+        """Keras' `Model.quantize`, e.g. `"int8"`: Dense layers and the
+        token embedding (and so the tied head) get int8 weights; LayerNorm
+        and the position embedding stay float, without one warning each."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*does not have a `quantize` method implemented"
+            )
+            super().quantize(mode, **kwargs)
+
     def save(self, filepath, *args, **kwargs):
         """`keras.Model.save`, written to a temporary file then renamed."""
         with atomic_file(filepath) as tmp:
             super().save(tmp, *args, **kwargs)
 
     # === Generation ===
+
+    def generate(
+        self,
+        inputs,
+        max_length: int | None = None,
+        stop_token_ids="auto",
+        strip_prompt: bool = False,
+    ):
+        """Generate text, as keras_hub's `CausalLM.generate`.
+
+        Args:
+            inputs: a string, a list of strings or a `tf.data.Dataset` of
+                strings (with a preprocessor), or a dict of `"token_ids"` and
+                `"padding_mask"` (without one). Prompts of different lengths
+                may share a batch.
+            max_length: total length of prompt plus generated tokens.
+                Defaults to the preprocessor's `sequence_length`. It may not
+                exceed the model's context length (`max_sequence_length`);
+                for longer texts use `keras_gpt_scratch.generate_text`, whose
+                window slides over the context like the book's `generate`.
+            stop_token_ids: `"auto"` (`<|endoftext|>`), `None` (always run to
+                `max_length`) or a list of ids. Each row stops on its own.
+                With a dict of token ids the result is token ids too, even
+                when a preprocessor is attached.
+            strip_prompt: return only the generated part.
+
+        The sampler comes from `compile(sampler=...)`. The compiled function
+        is reused by later calls with the same batch size and `max_length`;
+        one more trace relaxes it to any shape.
+        """
+        limit = self.backbone.max_sequence_length
+        length = max_length
+        if length is None and self.preprocessor is not None:
+            length = self.preprocessor.sequence_length
+        if isinstance(inputs, dict) and "token_ids" in inputs:
+            length = ops.shape(inputs["token_ids"])[-1]
+        if length is not None and length > limit:
+            raise ValueError(
+                f"max_length {length} (prompt plus new tokens) exceeds the "
+                f"model's context length of {limit} tokens. Ask for at most "
+                f"{limit}, or use keras_gpt_scratch.generate_text(..., "
+                "context_size=...) to slide a window over longer texts."
+            )
+        preprocessor = self.preprocessor
+        if isinstance(inputs, dict) and "token_ids" in inputs and preprocessor:
+            # Token ids in, token ids out, even with a preprocessor attached.
+            if stop_token_ids == "auto":
+                stop_token_ids = [preprocessor.tokenizer.end_token_id]
+            self.preprocessor = None
+        try:
+            return super().generate(
+                inputs,
+                max_length=max_length,
+                stop_token_ids=stop_token_ids,
+                strip_prompt=strip_prompt,
+            )
+        finally:
+            self.preprocessor = preprocessor
+
+    def make_generate_function(self):
+        """Compile `generate_step` once; `reduce_retracing` keeps it at one
+        more trace when the batch size or `max_length` change."""
+        if self.generate_function is None:
+            self.generate_function = tf.function(
+                self.generate_step,
+                jit_compile=self.generate_jit_compile,
+                reduce_retracing=True,
+            )
+        return self.generate_function
+
+    @property
+    def generate_jit_compile(self) -> bool:
+        """XLA for generation: measured faster on CPU (see tools/bench.py)."""
+        return getattr(self, "_generate_jit_compile", True)
+
+    @generate_jit_compile.setter
+    def generate_jit_compile(self, value: bool):
+        self._generate_jit_compile = bool(value)
+        self.generate_function = None
+
+    def score(
+        self,
+        token_ids,
+        padding_mask=None,
+        scoring_mode: str = "logits",
+        layer_intercept_fn=None,
+        target_ids=None,
+    ):
+        """Per-token scores of given ids, as keras_hub's `GPT2CausalLM.score`.
+
+        Args:
+            token_ids: int tensor `(batch, sequence)`.
+            padding_mask: `(batch, sequence)` mask of real tokens; all ones
+                when omitted.
+            scoring_mode: `"logits"` for `(batch, sequence, vocabulary)`
+                logits, or `"loss"` for the per-token cross-entropy against
+                `target_ids`, `(batch, sequence)`.
+            layer_intercept_fn: optional `fn(x, i)` applied to the embeddings
+                (`i = -1`) and after every transformer block (`i = 0, 1, ...`);
+                must return a tensor of the same shape.
+            target_ids: int tensor `(batch, sequence)`, needed for `"loss"`.
+        """
+        if scoring_mode not in ("logits", "loss"):
+            raise ValueError(
+                f'scoring_mode must be "logits" or "loss"; got {scoring_mode!r}.'
+            )
+        if scoring_mode == "loss" and target_ids is None:
+            raise ValueError(
+                'scoring_mode="loss" needs target_ids, the ids to score the '
+                "logits against (usually token_ids shifted by one)."
+            )
+        token_ids = ops.convert_to_tensor(token_ids)
+        if padding_mask is None:
+            padding_mask = ops.ones(ops.shape(token_ids), "int32")
+        if layer_intercept_fn is None:
+
+            def layer_intercept_fn(x, unused_i):
+                return x
+
+        b = self.backbone
+        tokens = b.token_embedding(token_ids)
+        x = layer_intercept_fn(tokens + b.position_embedding(tokens), -1)
+        x = b.embeddings_dropout(x)
+        for i, block in enumerate(b.transformer_layers):
+            x = layer_intercept_fn(block(x, padding_mask=padding_mask), i)
+        logits = b.token_embedding(b.layer_norm(x), reverse=True)
+        if scoring_mode == "logits":
+            return logits
+        loss = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="none"
+        )
+        return loss(target_ids, logits)
 
     def call_with_cache(self, token_ids, cache, cache_update_index):
         """Forward pass over new positions only, reading and writing `cache`.
@@ -238,3 +388,33 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
         else:
             padding_mask = ops.ones_like(token_ids, dtype="bool")
         return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+    # === Export ===
+
+    def export_to_transformers(self, path) -> None:
+        """Writes the model as a Hugging Face GPT-2 folder.
+
+        The folder (`config.json`, `model.safetensors`,
+        `generation_config.json`, `vocab.json`, `merges.txt`,
+        `tokenizer_config.json`, `special_tokens_map.json`) loads with
+        `transformers.GPT2LMHeadModel.from_pretrained(path)` and
+        `AutoTokenizer.from_pretrained(path)`, and gives the same logits.
+        Weights are written in float32. An untied head (`tie_weights=False`)
+        is exported as `lm_head.weight` with `tie_word_embeddings: false`;
+        `qkv_bias=False` becomes zero `c_attn` biases. See
+        `keras_gpt_scratch.weights.export_to_transformers`.
+
+        Args:
+            path: the output folder; created if needed. Files of the names
+                above are replaced (each atomically), others left alone.
+
+        Example:
+        ```python
+        lm = keras_gpt_scratch.GPTCausalLM.from_preset("gpt2_124m")
+        lm.export_to_transformers("gpt2-hf")
+        model = transformers.GPT2LMHeadModel.from_pretrained("gpt2-hf")
+        ```
+        """
+        from keras_gpt_scratch.weights import export_to_transformers
+
+        export_to_transformers(self, path)

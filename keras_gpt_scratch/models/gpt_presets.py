@@ -81,15 +81,14 @@ def check_preset_dir(path: str, load_weights: bool = True) -> None:
 
 
 def warn_fresh_weights(name: str, spec: dict) -> None:
-    source = spec.get("weights")
-    why = (
-        "this preset has no pretrained weights"
-        if not source
-        else "loading its pretrained weights is not available yet"
-    )
+    """Warn that a preset without pretrained weights starts from random ones.
+
+    Presets with weights (`"weights": {"hf_repo": ...}`) load them instead,
+    through `keras_gpt_scratch.weights`; `load_weights=False` skips both.
+    """
     warnings.warn(
-        f"Preset '{name}': {why}, so the model is freshly initialised "
-        "(random weights, no download).",
+        f"Preset '{name}': this preset has no pretrained weights, so the model "
+        "is freshly initialised (random weights, no download).",
         UserWarning,
         stacklevel=3,
     )
@@ -119,6 +118,15 @@ class PresetMixin:
         specs = builtin_presets()
         if preset in specs:
             return cls._from_builtin(preset, specs[preset], load_weights, **kwargs)
+        # GPT-2 checkpoints (OpenAI's TF folder, a Hugging Face folder, or an
+        # hf:// repo with model_type gpt2) are converted by us; keras_hub
+        # would map model_type gpt2 to its own GPT2Backbone.
+        from keras_gpt_scratch import weights
+
+        if weights.is_gpt2_checkpoint(preset):
+            return weights.from_gpt2_checkpoint(
+                cls, preset, load_weights=load_weights, **kwargs
+            )
         if "://" not in preset:
             if not os.path.isdir(preset):
                 raise unknown_preset_error(preset)

@@ -582,6 +582,8 @@ class GPTTokenizer(Tokenizer):
         self.file_assets = [RANKS_FILENAME]
         self.ranks_source = None
         self._bpe = None
+        # No weights to build; Keras' model.quantize() skips only built layers.
+        self.built = True
         # GPT-2 has one special token; it starts, ends and pads sequences.
         self._add_special_token(END_OF_TEXT, "start_token")
         self._add_special_token(END_OF_TEXT, "end_token")

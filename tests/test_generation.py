@@ -1,0 +1,223 @@
+import io
+import types
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+import keras_gpt_scratch as kgs
+from keras_gpt_scratch import generation
+from keras_gpt_scratch.cli import run_generate
+
+MICRO = dict(
+    vocabulary_size=50257,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=32,
+    max_sequence_length=64,
+    dropout=0.0,
+)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    keras.utils.set_random_seed(3)
+    tokenizer = kgs.GPTTokenizer()
+    pre = kgs.GPTCausalLMPreprocessor(tokenizer, sequence_length=64)
+    model = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), pre)
+    # Larger weights than the 0.02 init make the argmax decisive (no ties).
+    for w in model.backbone.weights:
+        if len(w.shape) == 2:
+            w.assign(w.numpy() * 20)
+    model.compile(sampler="greedy")
+    return model
+
+
+def padded(rows, length):
+    ids = np.zeros((len(rows), length), "int32")
+    mask = np.zeros((len(rows), length), bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = True
+    return {"token_ids": ids, "padding_mask": mask}
+
+
+def uncached_greedy(lm, row, length):
+    out = generation.generate(lm, np.array([row]), length - len(row), context_size=64)
+    return out[0]
+
+
+def test_cached_equals_uncached_greedy_for_unequal_prompts(lm):
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 50257, n).tolist() for n in (3, 11, 40, 61)]
+    out = lm.generate(padded(rows, 64), stop_token_ids=None)
+    for i, row in enumerate(rows):
+        np.testing.assert_array_equal(out["token_ids"][i], uncached_greedy(lm, row, 64))
+    assert out["padding_mask"].all()
+
+
+def test_stop_tokens_end_each_row_independently(lm):
+    rows = [[464, 3290, 318], [40, 1101, 257, 922]]
+    full = [uncached_greedy(lm, r, 30) for r in rows]
+    stop = int(full[0][len(rows[0]) + 2])  # row 0's third new token
+    assert stop not in full[1][len(rows[1]) :].tolist()
+    out = lm.generate(padded(rows, 30), stop_token_ids=[stop])
+    mask = out["padding_mask"]
+    end0 = len(rows[0]) + 3
+    assert mask[0, :end0].all() and not mask[0, end0:].any()  # stop kept, rest cut
+    assert mask[1].all()  # the other row ran to max_length
+    np.testing.assert_array_equal(out["token_ids"][1], full[1])
+
+
+def test_strings_in_strings_out_and_strip_prompt(lm):
+    texts = lm.generate(["Hello, world", "The verdict"], max_length=20, stop_token_ids=None)
+    assert texts[0].startswith("Hello, world") and texts[1].startswith("The verdict")
+    stripped = lm.generate(
+        ["Hello, world", "The verdict"], max_length=20, stop_token_ids=None, strip_prompt=True
+    )
+    assert texts[0] == "Hello, world" + stripped[0]
+    assert texts[1] == "The verdict" + stripped[1]
+    one = lm.generate("Hello, world", max_length=20, stop_token_ids=None)
+    assert one == texts[0]
+
+
+def test_second_call_reuses_compiled_function(lm):
+    lm.generate("Once upon a time", max_length=24, stop_token_ids=None)
+    fn = lm.generate_function
+    traces = fn.experimental_get_tracing_count()
+    lm.generate("A different, longer prompt here", max_length=24, stop_token_ids=None)
+    assert lm.generate_function is fn
+    assert fn.experimental_get_tracing_count() == traces
+
+
+def test_seeded_sampling_reproduces(lm):
+    def sample(seed):
+        lm.compile(sampler=keras_hub.samplers.TopKSampler(k=50, seed=seed))
+        return lm.generate("The cat", max_length=30, stop_token_ids=None)
+
+    try:
+        a, b, c = sample(7), sample(7), sample(8)
+    finally:
+        lm.compile(sampler="greedy")
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        "greedy",
+        "top_k",
+        "random",
+        keras_hub.samplers.TopPSampler(p=0.9, seed=1),
+        keras_hub.samplers.BeamSampler(num_beams=2),
+        keras_hub.samplers.ContrastiveSampler(k=3, alpha=0.6),
+        keras_hub.samplers.RandomSampler(temperature=0.7, seed=1),
+    ],
+)
+def test_keras_hub_samplers(lm, sampler):
+    lm.compile(sampler=sampler)
+    try:
+        ids = lm.generate(padded([[464, 3290]], 12), stop_token_ids=None)["token_ids"]
+    finally:
+        lm.compile(sampler="greedy")
+    assert ids.shape == (1, 12)
+    np.testing.assert_array_equal(ids[0, :2], [464, 3290])
+    assert ((ids >= 0) & (ids < 50257)).all()
+
+
+def test_generation_past_the_context_is_a_clear_error(lm):
+    with pytest.raises(ValueError, match="exceeds the model's context length of 64"):
+        lm.generate("Hello", max_length=65)
+    with pytest.raises(ValueError, match="context length of 64"):
+        lm.generate(padded([[1, 2]], 70), stop_token_ids=None)
+
+
+def test_book_generate_slides_past_the_context(lm):
+    idx = np.array([[464, 3290, 318]])
+    out = generation.generate(lm, idx, max_new_tokens=70, context_size=64)
+    assert out.shape == (1, 73)
+    # While the text fits the context it is the same as cached greedy.
+    cached = lm.generate(padded([[464, 3290, 318]], 64), stop_token_ids=None)
+    np.testing.assert_array_equal(out[0, :64], cached["token_ids"][0])
+
+
+def test_book_generate_temperature_top_k_eos_and_seed(lm):
+    idx = np.array([[464, 3290, 318]])
+    a = generation.generate(lm, idx, 10, 64, temperature=1.5, top_k=5, seed=1)
+    b = generation.generate(lm, idx, 10, 64, temperature=1.5, top_k=5, seed=1)
+    np.testing.assert_array_equal(a, b)
+    # top_k=1 at any temperature is greedy.
+    g = generation.generate(lm, idx, 10, 64, temperature=2.0, top_k=1, seed=3)
+    np.testing.assert_array_equal(g, generation.generate(lm, idx, 10, 64))
+    eos = int(g[0, 5])
+    stopped = generation.generate(lm, idx, 10, 64, eos_id=eos)
+    assert stopped.shape[1] == 6 and stopped[0, -1] == eos
+    with pytest.raises(ValueError, match="temperature"):
+        generation.generate(lm, idx, 1, 64, temperature=-1)
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
+    probs = generation._filter_logits(logits, 1.0, None, 0.75)
+    np.testing.assert_allclose(probs, [[0.5 / 0.8, 0.3 / 0.8, 0, 0]])
+    probs = generation._filter_logits(logits, 1.0, 2, None)
+    np.testing.assert_allclose(probs, [[0.5 / 0.8, 0.3 / 0.8, 0, 0]])
+
+
+def test_stream_matches_cached_generate(lm):
+    prompt = [464, 3290, 318, 257]
+    streamed = list(generation.stream(lm, prompt, 12, stop_token_ids=None))
+    full = lm.generate(padded([prompt], 16), stop_token_ids=None)["token_ids"][0]
+    np.testing.assert_array_equal(streamed, full[4:])
+
+
+def test_stream_stops_at_the_context_and_rejects_long_prompts(lm):
+    got = list(generation.stream(lm, list(range(1, 61)), 50, stop_token_ids=None))
+    assert len(got) == 4  # 60 prompt tokens + 4 = the context of 64
+    with pytest.raises(ValueError, match="context length is 64"):
+        list(generation.stream(lm, list(range(64)), 5))
+
+
+def test_cli_generate_streams_text(lm, tmp_path):
+    lm.save_to_preset(tmp_path / "p")
+    args = types.SimpleNamespace(
+        preset=str(tmp_path / "p"), prompt="Hello, world", max_new_tokens=8,
+        temperature=0.0, top_k=0, top_p=None, seed=None,
+    )
+    out = io.StringIO()
+    run_generate(args, out)
+    expected = generation.generate_text(lm, "Hello, world", 8, eos_id=50256)
+    assert out.getvalue() == expected + "\n"
+
+
+def test_score_logits_and_loss(lm):
+    ids = np.array([[464, 3290, 318, 257, 922]])
+    logits = lm.score(ids)
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    np.testing.assert_allclose(logits, lm(x), atol=1e-4)
+    targets = np.roll(ids, -1, axis=1)
+    loss = np.asarray(lm.score(ids, scoring_mode="loss", target_ids=targets))
+    lp = np.asarray(logits, "float64")
+    lp = lp - np.log(np.exp(lp - lp.max(-1, keepdims=True)).sum(-1, keepdims=True)) - lp.max(-1, keepdims=True)
+    expected = -np.take_along_axis(lp, targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)
+    seen = []
+    lm.score(ids, layer_intercept_fn=lambda x, i: seen.append(i) or x)
+    assert seen == [-1, 0, 1]
+    with pytest.raises(ValueError, match="target_ids"):
+        lm.score(ids, scoring_mode="loss")
+
+
+def test_int8_quantized_logits_stay_close(lm, tmp_path):
+    lm.save_to_preset(tmp_path / "f32")
+    q = kgs.GPTCausalLM.from_preset(str(tmp_path / "f32"))
+    q.quantize("int8")
+    x = {"token_ids": np.array([[464, 3290, 318, 257]]), "padding_mask": np.ones((1, 4), "int32")}
+    ref, got = np.asarray(lm(x)), np.asarray(q(x))
+    gap = np.abs(got - ref).max() / np.abs(ref).max()
+    assert gap < 0.05
+    q.compile(sampler="greedy")
+    out = q.generate(padded([[464, 3290]], 10), stop_token_ids=None)
+    assert out["token_ids"].shape == (1, 10)
