@@ -4,6 +4,8 @@ from keras_gpt_scratch.backend import select_tensorflow_backend
 
 select_tensorflow_backend()
 
+from keras_gpt_scratch import data, hub  # noqa: E402
+from keras_gpt_scratch.generation import generate, generate_text  # noqa: E402
 from keras_gpt_scratch.layers import (  # noqa: E402
     GELU,
     CausalSelfAttention,
@@ -20,9 +22,11 @@ from keras_gpt_scratch.models.gpt_causal_lm import GPTCausalLM  # noqa: E402
 from keras_gpt_scratch.models.gpt_causal_lm_preprocessor import (  # noqa: E402
     GPTCausalLMPreprocessor,
 )
+from keras_gpt_scratch.models.gpt_classifier import GPTClassifier  # noqa: E402
+from keras_gpt_scratch.models.gpt_classifier_preprocessor import (  # noqa: E402
+    GPTClassifierPreprocessor,
+)
 from keras_gpt_scratch.tokenizers import GPTTokenizer, SimpleTokenizer  # noqa: E402
-from keras_gpt_scratch import data  # noqa: E402
-from keras_gpt_scratch.generation import generate, generate_text  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -33,6 +37,8 @@ __all__ = [
     "GPTBackbone",
     "GPTCausalLM",
     "GPTCausalLMPreprocessor",
+    "GPTClassifier",
+    "GPTClassifierPreprocessor",
     "GPTTokenizer",
     "SimpleTokenizer",
     "LayerNorm",
@@ -42,6 +48,7 @@ __all__ = [
     "TokenEmbedding",
     "TransformerBlock",
     "data",
+    "hub",
     "generate",
     "generate_text",
 ]

@@ -173,9 +173,11 @@ def stream(
         )
     total = min(len(prompt_ids) + max_new_tokens, limit)
     b = lm.backbone
-    cache = tf.zeros(
-        [1, b.num_layers, 2, total, b.num_heads, b.hidden_dim // b.num_heads],
-        lm.compute_dtype,
+    cache = tuple(
+        tf.zeros(
+            [1, 2, total, b.num_heads, b.hidden_dim // b.num_heads], lm.compute_dtype
+        )
+        for _ in range(b.num_layers)
     )
     step = _step_function(lm)
     rng = np.random.default_rng(seed)

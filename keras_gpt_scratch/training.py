@@ -22,6 +22,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from keras_gpt_scratch import distribute, lora
 from keras_gpt_scratch.data import corpora
 from keras_gpt_scratch.data.sliding_window import create_dataset, num_windows
 from keras_gpt_scratch.io_utils import atomic_file
@@ -37,7 +38,14 @@ CORPORA = ("tinyshakespeare", "verdict")
 SAMPLE_PROMPTS = {"tinyshakespeare": "ROMEO:", "verdict": "Every effort moves you"}
 # Settings that change what a run computes: a rerun with other values in the
 # same output directory is another run, not a resumption.
-RUN_IDENTITY_EXCLUDES = {"resume", "overwrite", "verbose", "tensorboard"}
+RUN_IDENTITY_EXCLUDES = {
+    "resume",
+    "overwrite",
+    "verbose",
+    "tensorboard",
+    "strategy",
+    "collective_timeout",
+}
 
 
 @dataclasses.dataclass
@@ -60,13 +68,25 @@ class TrainConfig:
         learning_rate, min_learning_rate, warmup_steps: peak learning rate,
             the floor the cosine decays to, and linear warmup steps (default:
             5% of training).
+        lr_schedule: `"cosine"` (warmup, then cosine decay) or `"constant"`
+            (the book's chapter-5 setting).
         weight_decay: AdamW decay (never on LayerNorm, biases, embeddings).
-        clipnorm: global gradient-norm clip.
+        clipnorm: global gradient-norm clip; 0 or None turns it off.
         dropout: overrides the preset's dropout when set.
         seed: seeds weights, shuffling and sampling.
         output_dir: where checkpoints, logs and the plot go.
         resume, overwrite: what to do with an output directory that holds a
             run (see `train`).
+        strategy: a `tf.distribute` strategy or its name (`"mirrored"`,
+            `"multi-worker"` with `TF_CONFIG`, `"tpu"`); `batch_size` is the
+            global batch, split across replicas.
+        gradient_accumulation_steps: apply the averaged gradients of this
+            many steps at once, for a larger effective batch.
+        collective_timeout: seconds a multi-worker collective may wait for a
+            peer before the run fails (instead of hanging on a dead worker).
+        lora_rank: fine-tune only LoRA adapters of this rank (on the query
+            and value projections), usually with `init_from`; they are saved
+            as `adapter.lora.h5` in `output_dir` after every epoch.
     """
 
     preset: str = "gpt_tiny"
@@ -82,6 +102,7 @@ class TrainConfig:
     steps: int | None = None
     learning_rate: float = 2e-3
     min_learning_rate: float = 2e-4
+    lr_schedule: str = "cosine"
     warmup_steps: int | None = None
     weight_decay: float = 0.1
     clipnorm: float = 1.0
@@ -95,10 +116,17 @@ class TrainConfig:
     sample_tokens: int = 40
     jit_compile: bool | str = "auto"
     verbose: int | str = "auto"
+    strategy: Any = None
+    gradient_accumulation_steps: int | None = None
+    collective_timeout: float | None = 300.0
+    lora_rank: int | None = None
 
     def identity(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if k not in RUN_IDENTITY_EXCLUDES}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in RUN_IDENTITY_EXCLUDES
+        }
 
 
 # === Corpora and data ===
@@ -189,10 +217,26 @@ def make_schedule(
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> keras.Optimizer:
+    accumulate = config.gradient_accumulation_steps
+    if accumulate is not None and accumulate < 2:
+        raise ValueError(
+            f"gradient_accumulation_steps must be 2 or more (or unset); got {accumulate}."
+        )
+    # With accumulation the schedule advances once per applied update.
+    updates = total_steps // accumulate if accumulate else total_steps
+    if config.lr_schedule == "constant":
+        learning_rate = config.learning_rate
+    elif config.lr_schedule == "cosine":
+        learning_rate = make_schedule(config, max(updates, 1))
+    else:
+        raise ValueError(
+            f"Unknown lr_schedule {config.lr_schedule!r}; use 'cosine' or 'constant'."
+        )
     optimizer = keras.optimizers.AdamW(
-        learning_rate=make_schedule(config, total_steps),
+        learning_rate=learning_rate,
         weight_decay=config.weight_decay,
-        global_clipnorm=config.clipnorm,
+        global_clipnorm=config.clipnorm or None,
+        gradient_accumulation_steps=accumulate,
     )
     optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
     return optimizer
@@ -409,10 +453,24 @@ def train(config: TrainConfig, print_fn=print) -> TrainResult:
     ):
         raise gpt_presets.unknown_preset_error(config.preset)
 
+    strategy = distribute.make_strategy(config.strategy, config.collective_timeout)
+    distribute.check_global_batch(config.batch_size, strategy)
+    chief, task = distribute.worker_id(strategy)
     out = Path(config.output_dir)
-    resuming = check_output_dir(config, out)
+    # Only the chief writes the run's files; other workers keep their own
+    # backup (to resume in step) and write the rest to a scratch directory.
+    backup = out / ("backup" if chief else f"backup-worker{task}")
+    resuming = check_output_dir(config, out) if chief else backup.exists()
+    if not chief:
+        import tempfile
+
+        out = Path(tempfile.mkdtemp(prefix=f"keras-gpt-worker{task}-"))
     keras.utils.set_random_seed(config.seed)
-    lm = build_model(config)
+    with strategy.scope():
+        lm = build_model(config)
+        if config.lora_rank is not None:
+            # LoRA: the model is frozen; only rank-r adapters train.
+            lm.backbone.enable_lora(config.lora_rank)
     backbone = lm.backbone
     context = config.context_length or backbone.max_sequence_length
     if context > backbone.max_sequence_length:
@@ -461,13 +519,14 @@ def train(config: TrainConfig, print_fn=print) -> TrainResult:
             drop_remainder=False,
         )
 
-    lm.compile(
-        optimizer=make_optimizer(config, total_steps),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=[],
-        sampler=keras_hub.samplers.TopKSampler(k=40, seed=config.seed),
-        jit_compile=config.jit_compile,
-    )
+    with strategy.scope():
+        lm.compile(
+            optimizer=make_optimizer(config, total_steps),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            weighted_metrics=[],
+            sampler=keras_hub.samplers.TopKSampler(k=40, seed=config.seed),
+            jit_compile=config.jit_compile,
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     if not resuming:
@@ -479,14 +538,17 @@ def train(config: TrainConfig, print_fn=print) -> TrainResult:
         default=math.inf,
     )
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup"), double_checkpoint=True),
+        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
         history,
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=resuming),
         keras.callbacks.TerminateOnNaN(),
         PresetCheckpoint(out, best=best),
     ]
+    if config.lora_rank is not None:
+        # After BackupAndRestore: on resume it puts the adapters back.
+        callbacks.append(lora.AdapterCheckpoint(backbone, out / lora.ADAPTER_FILENAME))
     prompt = config.sample_prompt or SAMPLE_PROMPTS.get(config.corpus, "The")
-    if config.sample_tokens > 0:
+    if config.sample_tokens > 0 and chief:
         callbacks.append(TextSample(prompt, config.sample_tokens, print_fn))
     if config.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
@@ -495,16 +557,34 @@ def train(config: TrainConfig, print_fn=print) -> TrainResult:
 
     start = time.perf_counter()
     steps_before = history.state["step"]
-    fit = lm.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks,
-        shuffle=False,  # create_dataset already shuffles, with the seed
-        verbose=config.verbose,
-    )
+    try:
+        fit = lm.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            shuffle=False,  # create_dataset already shuffles, with the seed
+            verbose=config.verbose if chief else 0,
+        )
+    except (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.CancelledError,
+        tf.errors.AbortedError,
+    ) as e:
+        if strategy.num_replicas_in_sync == 1 and not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            raise
+        raise RuntimeError(
+            "A worker of the distributed run stopped or stopped answering "
+            f"({type(e).__name__}). Completed epochs are backed up in {backup}: "
+            "restart every worker with the same command to resume."
+        ) from e
     wall = time.perf_counter() - start
+    if config.lora_rank is not None:
+        lora.save_adapters(backbone, out / lora.ADAPTER_FILENAME)
     steps_run = history.state["step"] - steps_before
     plot_losses(history.state, out / "loss.png")
 
@@ -523,10 +603,15 @@ def train(config: TrainConfig, print_fn=print) -> TrainResult:
         output_dir=str(out),
         model=lm,
     )
-    summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "model"}
+    summary = {
+        f.name: getattr(result, f.name)
+        for f in dataclasses.fields(result)
+        if f.name != "model"
+    }
     with atomic_file(out / "summary.json") as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2))
-    print_fn(result.summary_line())
+    if chief:
+        print_fn(result.summary_line())
     return result
 
 

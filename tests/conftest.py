@@ -6,6 +6,12 @@ fails (never skips) when it is missing, so a misconfigured run cannot pass by
 testing nothing.
 """
 
+# First: the Hugging Face client reads HF_ENDPOINT once, when first imported
+# (keras_hub imports it with keras_gpt_scratch), and importing hub_server
+# points it at the loopback test Hub and a throwaway Hugging Face home. Its
+# `hub_server` and `hf_home` fixtures are shared by all tests.
+from hub_server import hf_home, hub_server  # noqa: F401  # isort: skip
+
 import os
 import socket
 from pathlib import Path

@@ -71,10 +71,15 @@ def test_stop_tokens_end_each_row_independently(lm):
 
 
 def test_strings_in_strings_out_and_strip_prompt(lm):
-    texts = lm.generate(["Hello, world", "The verdict"], max_length=20, stop_token_ids=None)
+    texts = lm.generate(
+        ["Hello, world", "The verdict"], max_length=20, stop_token_ids=None
+    )
     assert texts[0].startswith("Hello, world") and texts[1].startswith("The verdict")
     stripped = lm.generate(
-        ["Hello, world", "The verdict"], max_length=20, stop_token_ids=None, strip_prompt=True
+        ["Hello, world", "The verdict"],
+        max_length=20,
+        stop_token_ids=None,
+        strip_prompt=True,
     )
     assert texts[0] == "Hello, world" + stripped[0]
     assert texts[1] == "The verdict" + stripped[1]
@@ -183,8 +188,13 @@ def test_stream_stops_at_the_context_and_rejects_long_prompts(lm):
 def test_cli_generate_streams_text(lm, tmp_path):
     lm.save_to_preset(tmp_path / "p")
     args = types.SimpleNamespace(
-        preset=str(tmp_path / "p"), prompt="Hello, world", max_new_tokens=8,
-        temperature=0.0, top_k=0, top_p=None, seed=None,
+        preset=str(tmp_path / "p"),
+        prompt="Hello, world",
+        max_new_tokens=8,
+        temperature=0.0,
+        top_k=0,
+        top_p=None,
+        seed=None,
     )
     out = io.StringIO()
     run_generate(args, out)
@@ -200,7 +210,11 @@ def test_score_logits_and_loss(lm):
     targets = np.roll(ids, -1, axis=1)
     loss = np.asarray(lm.score(ids, scoring_mode="loss", target_ids=targets))
     lp = np.asarray(logits, "float64")
-    lp = lp - np.log(np.exp(lp - lp.max(-1, keepdims=True)).sum(-1, keepdims=True)) - lp.max(-1, keepdims=True)
+    lp = (
+        lp
+        - np.log(np.exp(lp - lp.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - lp.max(-1, keepdims=True)
+    )
     expected = -np.take_along_axis(lp, targets[..., None], -1)[..., 0]
     np.testing.assert_allclose(loss, expected, rtol=1e-4)
     seen = []
@@ -214,10 +228,27 @@ def test_int8_quantized_logits_stay_close(lm, tmp_path):
     lm.save_to_preset(tmp_path / "f32")
     q = kgs.GPTCausalLM.from_preset(str(tmp_path / "f32"))
     q.quantize("int8")
-    x = {"token_ids": np.array([[464, 3290, 318, 257]]), "padding_mask": np.ones((1, 4), "int32")}
+    x = {
+        "token_ids": np.array([[464, 3290, 318, 257]]),
+        "padding_mask": np.ones((1, 4), "int32"),
+    }
     ref, got = np.asarray(lm(x)), np.asarray(q(x))
     gap = np.abs(got - ref).max() / np.abs(ref).max()
     assert gap < 0.05
     q.compile(sampler="greedy")
     out = q.generate(padded([[464, 3290]], 10), stop_token_ids=None)
     assert out["token_ids"].shape == (1, 10)
+
+
+def test_call_with_cache_accepts_keras_hub_stacked_cache(lm):
+    ids = np.array([[464, 3290, 318]], "int32")
+    b = lm.backbone
+    stacked = np.zeros(
+        (1, b.num_layers, 2, 8, b.num_heads, b.hidden_dim // b.num_heads), "float32"
+    )
+    per_layer = tuple(stacked[:, i] for i in range(b.num_layers))
+    l1, _, c1 = lm.call_with_cache(ids, stacked, 0)
+    l2, _, c2 = lm.call_with_cache(ids, per_layer, 0)
+    assert c1.shape == stacked.shape and isinstance(c2, tuple)
+    np.testing.assert_allclose(l1, l2, atol=1e-5)
+    np.testing.assert_allclose(l1, lm(padded([[464, 3290, 318]], 3)), atol=1e-4)

@@ -215,3 +215,16 @@ def test_unknown_preset_name(lm):
 def test_predict_rejects_out_of_range_ids(lm):
     with pytest.raises(Exception, match="outside the vocabulary"):
         lm.predict(batch([[1, 61]]), verbose=0)
+
+
+def test_preset_from_a_newer_format_is_refused(lm, tmp_path):
+    import json
+
+    preset = tmp_path / "preset"
+    lm.save_to_preset(preset)
+    meta = json.loads((preset / "metadata.json").read_text())
+    assert meta["keras_gpt_scratch_format_version"] == 1
+    meta["keras_gpt_scratch_format_version"] = 99
+    (preset / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="newer"):
+        kgs.GPTCausalLM.from_preset(str(preset))

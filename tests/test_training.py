@@ -89,6 +89,15 @@ def test_schedule_warms_up_then_decays():
     assert opt.global_clipnorm == 1.0 and opt.weight_decay == pytest.approx(0.1)
 
 
+def test_constant_schedule_and_no_clipping_for_the_book_recipe():
+    cfg = training.TrainConfig(learning_rate=4e-4, lr_schedule="constant", clipnorm=0)
+    opt = training.make_optimizer(cfg, total_steps=80)
+    assert float(opt.learning_rate) == pytest.approx(4e-4)
+    assert opt.global_clipnorm is None
+    with pytest.raises(ValueError, match="Unknown lr_schedule"):
+        training.make_optimizer(training.TrainConfig(lr_schedule="step"), 10)
+
+
 def test_resume_after_sigkill_continues_epochs(data_dir, tmp_path):
     cfg_file = tmp_path / "micro.json"
     cfg_file.write_text(json.dumps(MICRO))

@@ -214,3 +214,17 @@ class GPTBackbone(gpt_presets.PresetMixin, Backbone):
             }
         )
         return config
+
+    def enable_lora(self, rank: int, target_layer_names: list[str] | None = None):
+        """keras_hub's `enable_lora`, with its arguments checked first.
+
+        Adapts `"query"` and `"value"` by default; also `"key"`,
+        `"intermediate_dense"` and `"output_dense"` (the attention output and
+        FeedForward's second layer) on request. Only the adapters train. See
+        `keras_gpt_scratch.lora`.
+        """
+        from keras_gpt_scratch import lora
+
+        targets = lora.check_lora_targets(self, rank, target_layer_names)
+        super().enable_lora(rank, target_layer_names=targets)
+        lora.freeze_adapted_biases(self)

@@ -99,6 +99,26 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
             **kwargs,
         )
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 averages the first distributed batch with
+        # strategy.reduce("MEAN") to build the model symbolically; with
+        # MultiWorkerMirroredStrategy and dict inputs that reduce fails. Shapes
+        # are all the build needs, so take one replica's batch instead.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and data_batch is None and strategy is not None:
+            for _, _, it in iterator:
+                data_batch = keras.tree.map_structure(
+                    lambda v: (
+                        strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues)
+                        else v
+                    ),
+                    next(it),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def preprocess_samples(self, x, y=None, sample_weight=None):
         # Token-id batches (e.g. from `create_dataset`) skip the string
         # preprocessor, so one model trains on both raw text and windows.
@@ -312,40 +332,42 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
 
         Args:
             token_ids: int tensor `(batch, new_positions)`.
-            cache: float tensor `(batch, num_layers, 2, max_length, num_heads,
-                head_dim)` with the keys and values of earlier positions.
+            cache: the keys and values of earlier positions: a tuple with one
+                `(batch, 2, max_length, num_heads, head_dim)` tensor per layer
+                (what `_build_cache` makes), or keras_hub's single stacked
+                `(batch, num_layers, 2, ...)` tensor.
             cache_update_index: int or int tensor, position of `token_ids[:, 0]`.
 
         Returns:
-            `(logits, hidden_states, cache)`.
+            `(logits, hidden_states, cache)`, the cache in the form it came.
         """
         backbone = self.backbone
+        stacked = not isinstance(cache, (tuple, list))
+        layer_caches = ops.unstack(cache, axis=1) if stacked else cache
         tokens = backbone.token_embedding(token_ids)
         positions = backbone.position_embedding(tokens, start_index=cache_update_index)
         x = backbone.embeddings_dropout(tokens + positions)
         caches = []
-        for i, block in enumerate(backbone.transformer_layers):
+        for block, layer_cache in zip(
+            backbone.transformer_layers, layer_caches, strict=True
+        ):
             x, layer_cache = block(
-                x, cache=cache[:, i], cache_update_index=cache_update_index
+                x, cache=layer_cache, cache_update_index=cache_update_index
             )
             caches.append(layer_cache)
-        cache = ops.stack(caches, axis=1)
         hidden_states = backbone.layer_norm(x)
         logits = backbone.token_embedding(hidden_states, reverse=True)
+        # Per-layer tensors avoid restacking the whole cache at every step.
+        cache = ops.stack(caches, axis=1) if stacked else tuple(caches)
         return logits, hidden_states, cache
 
     def _build_cache(self, token_ids):
         batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
         b = self.backbone
-        shape = [
-            batch,
-            b.num_layers,
-            2,
-            length,
-            b.num_heads,
-            b.hidden_dim // b.num_heads,
-        ]
-        cache = ops.zeros(shape, dtype=self.compute_dtype)
+        shape = [batch, 2, length, b.num_heads, b.hidden_dim // b.num_heads]
+        cache = tuple(
+            ops.zeros(shape, dtype=self.compute_dtype) for _ in range(b.num_layers)
+        )
         _, hidden_states, cache = self.call_with_cache(token_ids, cache, 0)
         return hidden_states, cache
 
@@ -418,3 +440,29 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
         from keras_gpt_scratch.weights import export_to_transformers
 
         export_to_transformers(self, path)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool = False,
+        token: str | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        **kwargs,
+    ):
+        """Upload the model to the Hugging Face Hub as a preset with a model card.
+
+        Loads back with `GPTCausalLM.from_preset("hf://namespace/name")`. See
+        `keras_gpt_scratch.hub.push_to_hub` for the arguments (`metadata=`
+        adds model card YAML keys); returns the `huggingface_hub.CommitInfo`.
+
+        Example:
+        ```python
+        lm.push_to_hub("alice/gpt-tiny-shakespeare", private=True)
+        ```
+        """
+        from keras_gpt_scratch import hub
+
+        return hub.push_to_hub(
+            self, repo_id, private, token, commit_message, revision, **kwargs
+        )

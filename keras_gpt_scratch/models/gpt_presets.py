@@ -58,6 +58,9 @@ def check_preset_dir(path: str, load_weights: bool = True) -> None:
                     f"Preset file {file} is corrupt (not valid JSON: {e}). "
                     "Save the preset again or re-download it."
                 ) from e
+    from keras_gpt_scratch import hub
+
+    hub.check_preset_compatibility(path)
     if not load_weights:
         return
     weights = os.path.join(path, "model.weights.h5")
@@ -118,6 +121,10 @@ class PresetMixin:
         specs = builtin_presets()
         if preset in specs:
             return cls._from_builtin(preset, specs[preset], load_weights, **kwargs)
+        if preset.startswith("hf://"):  # fast, clear errors; a local snapshot
+            from keras_gpt_scratch import hub
+
+            preset = hub.resolve_hf_preset(preset)
         # GPT-2 checkpoints (OpenAI's TF folder, a Hugging Face folder, or an
         # hf:// repo with model_type gpt2) are converted by us; keras_hub
         # would map model_type gpt2 to its own GPT2Backbone.
@@ -139,5 +146,10 @@ class PresetMixin:
 
     def save_to_preset(self, preset_dir, *args, **kwargs):
         """Save a preset directory; an existing one is replaced only on success."""
+        from keras_gpt_scratch import hub
+
         with atomic_directory(preset_dir) as tmp:
             super().save_to_preset(tmp, *args, **kwargs)
+            # Record the package and format version, so that an older
+            # release refuses the preset clearly instead of misreading it.
+            hub.stamp_preset_metadata(tmp)

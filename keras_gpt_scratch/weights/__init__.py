@@ -13,7 +13,7 @@ weights.export_to_transformers(lm, "gpt2-hf")  # GPT2LMHeadModel loads it
 ```
 """
 
-from keras_gpt_scratch.weights.config import CheckpointError, GPT2Config
+from keras_gpt_scratch.weights.config import CheckpointError, DownloadError, GPT2Config
 from keras_gpt_scratch.weights.convert import (
     backbone_from_checkpoint,
     backbone_tensors,
@@ -40,6 +40,7 @@ from keras_gpt_scratch.weights.readers import (
 
 __all__ = [
     "CheckpointError",
+    "DownloadError",
     "GPT2Checkpoint",
     "GPT2Config",
     "backbone_from_checkpoint",

@@ -10,6 +10,10 @@ class CheckpointError(ValueError):
     """A GPT-2 checkpoint is missing, malformed, or disagrees with itself."""
 
 
+class DownloadError(ConnectionError):
+    """Fetching a checkpoint file from the Hub failed; nothing was cached."""
+
+
 # `activation_function` values that are GPT-2's tanh-approximated GELU, the
 # only one `GPTBackbone` builds (`gelu_new` and `gelu_pytorch_tanh` are the
 # same function in `transformers`).
@@ -177,7 +181,9 @@ class GPT2Config:
             "n_embd": self.n_embd,
             "n_layer": self.n_layer,
             "n_head": self.n_head,
-            "n_inner": None if self.n_inner in (None, 4 * self.n_embd) else self.n_inner,
+            "n_inner": None
+            if self.n_inner in (None, 4 * self.n_embd)
+            else self.n_inner,
             "activation_function": "gelu_new",
             "resid_pdrop": self.dropout,
             "embd_pdrop": self.dropout,

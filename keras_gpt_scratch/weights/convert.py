@@ -21,7 +21,11 @@ GPT2_VOCABULARY_SIZE = 50257
 def _progress(iterable, total: int, desc: str, progress: bool):
     # `disable=None` lets tqdm hide the bar when stderr is not a terminal.
     return tqdm(
-        iterable, total=total, desc=desc, unit="tensor", disable=None if progress else True
+        iterable,
+        total=total,
+        desc=desc,
+        unit="tensor",
+        disable=None if progress else True,
     )
 
 
@@ -164,7 +168,9 @@ def from_gpt2_checkpoint(
         if preprocessor == "default":
             preprocessor = default_preprocessor(source)
         if backbone is None:
-            backbone = backbone_from_checkpoint(source, load_weights, progress, **kwargs)
+            backbone = backbone_from_checkpoint(
+                source, load_weights, progress, **kwargs
+            )
         elif kwargs:
             raise TypeError(f"Unexpected arguments with a backbone: {sorted(kwargs)}.")
         return cls(backbone=backbone, preprocessor=preprocessor)

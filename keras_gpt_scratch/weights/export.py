@@ -123,9 +123,15 @@ def write_tokenizer_files(
     def show(part: bytes) -> str:
         return "".join(byte_map[b] for b in part)
 
-    lines = [MERGES_HEADER] + [f"{show(a)} {show(b)}" for a, b in gpt2_merges(bpe.ranks)]
+    lines = [MERGES_HEADER] + [
+        f"{show(a)} {show(b)}" for a, b in gpt2_merges(bpe.ranks)
+    ]
     paths.write_atomic(directory / "merges.txt", ("\n".join(lines) + "\n").encode())
-    special = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}
+    special = {
+        "bos_token": END_OF_TEXT,
+        "eos_token": END_OF_TEXT,
+        "unk_token": END_OF_TEXT,
+    }
     _write_json(
         directory / "tokenizer_config.json",
         {
@@ -178,7 +184,10 @@ def export_to_transformers(model: Any, path: str | os.PathLike) -> Path:
     tokenizer = getattr(preprocessor, "tokenizer", None)
     if tokenizer is None and config.vocab_size >= GPT2_VOCABULARY_SIZE:
         tokenizer = GPTTokenizer()
-    if isinstance(tokenizer, GPTTokenizer) and config.vocab_size >= GPT2_VOCABULARY_SIZE:
+    if (
+        isinstance(tokenizer, GPTTokenizer)
+        and config.vocab_size >= GPT2_VOCABULARY_SIZE
+    ):
         write_tokenizer_files(tokenizer, path, config.n_positions)
     else:
         warnings.warn(

@@ -23,7 +23,10 @@ from typing import Any
 from keras_gpt_scratch import paths
 from keras_gpt_scratch.io_utils import atomic_directory
 from keras_gpt_scratch.weights.config import CheckpointError
-from keras_gpt_scratch.weights.convert import backbone_from_checkpoint, from_gpt2_checkpoint
+from keras_gpt_scratch.weights.convert import (
+    backbone_from_checkpoint,
+    from_gpt2_checkpoint,
+)
 from keras_gpt_scratch.weights.readers import is_gpt2_checkpoint, read_gpt2_checkpoint
 
 __all__ = [
@@ -68,14 +71,18 @@ def _check_geometry(name: str, spec: dict[str, Any], checkpoint) -> None:
     want = spec["backbone"]
     diff = {k: (want[k], got[k]) for k in _GEOMETRY if k in want and want[k] != got[k]}
     if diff:
-        shown = ", ".join(f"{k}: preset {w}, checkpoint {g}" for k, (w, g) in diff.items())
+        shown = ", ".join(
+            f"{k}: preset {w}, checkpoint {g}" for k, (w, g) in diff.items()
+        )
         raise CheckpointError(
             f"Preset '{name}' expects another geometry than its checkpoint "
             f"{checkpoint.source} ({shown})."
         )
 
 
-def ensure_builtin_preset(name: str, spec: dict[str, Any], progress: bool = True) -> Path:
+def ensure_builtin_preset(
+    name: str, spec: dict[str, Any], progress: bool = True
+) -> Path:
     """Returns the cached, converted preset folder of a built-in GPT-2 preset.
 
     Downloads and converts it first when the cache lacks it (or holds an
@@ -103,7 +110,9 @@ def ensure_builtin_preset(name: str, spec: dict[str, Any], progress: bool = True
     with read_gpt2_checkpoint(f"hf://{repo}") as checkpoint:
         _check_geometry(name, spec, checkpoint)
         dropout = spec["backbone"].get("dropout", checkpoint.config.dropout)
-        backbone = backbone_from_checkpoint(checkpoint, progress=progress, dropout=dropout)
+        backbone = backbone_from_checkpoint(
+            checkpoint, progress=progress, dropout=dropout
+        )
     lm = GPTCausalLM(backbone, GPTCausalLMPreprocessor.from_preset(name))
     # Everything is written into a temporary sibling and renamed into place
     # only when complete; a failure leaves no (or the previous) entry.

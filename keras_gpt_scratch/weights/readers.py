@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from keras_gpt_scratch.weights import names
-from keras_gpt_scratch.weights.config import CheckpointError, GPT2Config
+from keras_gpt_scratch.weights.config import CheckpointError, DownloadError, GPT2Config
 
 HF_SCHEME = "hf://"
 OPENAI_FORMAT = "openai"
@@ -236,7 +236,9 @@ class OpenAICheckpoint(GPT2Checkpoint):
 
         try:
             return self._reader.get_tensor(self._file_names[canonical])
-        except tf.errors.OpError as error:
+        # A short data file surfaces as IndexError ("Read less bytes than
+        # requested") from TF's reader, other damage as an OpError.
+        except (tf.errors.OpError, IndexError, ValueError, RuntimeError) as error:
             raise CheckpointError(
                 f"Cannot read {self._file_names[canonical]} from {self.prefix} "
                 f"({error}). The checkpoint data is truncated or corrupt."
@@ -318,9 +320,7 @@ class TransformersCheckpoint(GPT2Checkpoint):
         # on load, so a head that differs would be silently dropped there.
         head_shape = self._shapes[names.LM_HEAD]
         if "wte" in self._file_names and head_shape == self._shapes["wte"]:
-            if np.array_equal(
-                self._raw_tensor(names.LM_HEAD), self._raw_tensor("wte")
-            ):
+            if np.array_equal(self._raw_tensor(names.LM_HEAD), self._raw_tensor("wte")):
                 del self._file_names[names.LM_HEAD]
                 return
         raise CheckpointError(
@@ -420,6 +420,25 @@ def _is_missing_remote_file(error: Exception) -> bool:
     return isinstance(error, RemoteEntryNotFoundError)
 
 
+def _download(repo_id: str, filename: str) -> str:
+    """`_hf_download`, with failures turned into one clear `DownloadError`.
+
+    A file missing from the repo is re-raised as is (callers probe for
+    optional files).
+    """
+    try:
+        return _hf_download(repo_id, filename)
+    except Exception as error:
+        if _is_missing_remote_file(error):
+            raise
+        raise DownloadError(
+            f"Downloading {filename} from hf://{repo_id} failed "
+            f"({type(error).__name__}: {error}). Nothing incomplete was kept; "
+            "check the network, HF_ENDPOINT and your token, then try again "
+            "(with HF_HUB_OFFLINE=1 only files already cached are used)."
+        ) from error
+
+
 def hf_repo_id(handle: str) -> str:
     """`hf://owner/name` -> `owner/name` (checked)."""
     repo_id = handle[len(HF_SCHEME) :].strip("/")
@@ -432,7 +451,7 @@ def hf_repo_id(handle: str) -> str:
 
 def hf_config(handle: str) -> dict[str, Any]:
     """Downloads (or reads from the Hub cache) a repo's `config.json`."""
-    path = Path(_hf_download(hf_repo_id(handle), "config.json"))
+    path = Path(_download(hf_repo_id(handle), "config.json"))
     return _read_json(path, "a config")
 
 
@@ -454,14 +473,14 @@ def is_gpt2_checkpoint(preset: str | os.PathLike) -> bool:
 
 def _download_hf_checkpoint(handle: str) -> tuple[Path, list[Path]]:
     repo_id = hf_repo_id(handle)
-    config_path = Path(_hf_download(repo_id, "config.json"))
+    config_path = Path(_download(repo_id, "config.json"))
     try:
-        weights = [Path(_hf_download(repo_id, SAFETENSORS_FILE))]
+        weights = [Path(_download(repo_id, SAFETENSORS_FILE))]
     except Exception as error:
         if not _is_missing_remote_file(error):
             raise
         try:
-            index = Path(_hf_download(repo_id, SAFETENSORS_INDEX))
+            index = Path(_download(repo_id, SAFETENSORS_INDEX))
         except Exception as index_error:
             if not _is_missing_remote_file(index_error):
                 raise
@@ -472,7 +491,7 @@ def _download_hf_checkpoint(handle: str) -> tuple[Path, list[Path]]:
             ) from None
         weight_map = _read_json(index, "a safetensors index").get("weight_map", {})
         weights = [
-            Path(_hf_download(repo_id, name))
+            Path(_download(repo_id, name))
             for name in dict.fromkeys(weight_map.values())
         ]
     # hf_hub_download puts every file of a revision in one snapshot folder.

@@ -1,0 +1,88 @@
+"""The benchmark tool's arithmetic (the measurements themselves run in tools/)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location(
+    "bench", Path(__file__).parents[1] / "tools" / "bench.py"
+)
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_train_flops_per_token_counts_matmuls_and_attention():
+    g = bench.GPT2_124M
+    flops = bench._train_flops_per_token(g, 256)
+    matmul_params = 12 * 12 * 768 * 768 + 50257 * 768
+    assert flops == 6 * matmul_params + 12 * 12 * 768 * 256
+    assert 7.5e8 < flops < 7.9e8  # ~6 x 124M (blocks + tied head) + attention
+
+
+def test_summary_ratios_mfu_and_bandwidth_bound():
+    results = {
+        "limits": {
+            "limits": [
+                {
+                    "tf_matmul_gflops": 100.0,
+                    "numpy_matmul_gflops": 80.0,
+                    "read_bandwidth_gbs": 10.0,
+                    "peak_rss_mb": 1.0,
+                }
+            ]
+        },
+        "train_124m": {
+            "ours": [
+                {"tokens_per_s": 110.0, "train_flops_per_token": 7e8, "peak_rss_mb": 5},
+                {"tokens_per_s": 130.0, "train_flops_per_token": 7e8, "peak_rss_mb": 7},
+            ],
+            "keras_hub": [
+                {"tokens_per_s": 100.0, "train_flops_per_token": 7e8, "peak_rss_mb": 6}
+            ],
+        },
+        "generate_b8": {
+            "ours": [{"tokens_per_s": 80.0, "first_call_s": 3.0, "peak_rss_mb": 1}],
+            "ours_int8": [
+                {"tokens_per_s": 200.0, "first_call_s": 4.0, "peak_rss_mb": 1}
+            ],
+            "keras_hub": [
+                {"tokens_per_s": 40.0, "first_call_s": 5.0, "peak_rss_mb": 1}
+            ],
+        },
+        "pipeline": {
+            "pipeline": [
+                {
+                    "tokens_per_s": 1e6,
+                    "windows": 37618,
+                    "token_array_mb": 1.2,
+                    "rss_growth_mb": 3.0,
+                    "peak_rss_mb": 9,
+                }
+            ]
+        },
+    }
+    s = bench.summarise(results)
+    ours = s["train_124m"]["ours"]
+    assert ours["tokens_per_s"] == 120.0  # the median of the rounds
+    assert ours["vs_keras_hub"] == pytest.approx(1.2)
+    assert ours["mfu"] == pytest.approx(120 * 7e8 / 100e9)
+    gen = s["generate_b8"]
+    bound32 = 8 * 10e9 / (124_439_808 * 4)
+    assert gen["ours"]["bandwidth_bound_tokens_per_s"] == pytest.approx(bound32)
+    assert gen["ours_int8"]["bandwidth_bound_tokens_per_s"] == pytest.approx(
+        4 * bound32
+    )
+    assert gen["ours"]["vs_keras_hub"] == pytest.approx(2.0)
+    assert s["pipeline"]["pipeline"]["vs_124m_training"] == pytest.approx(1e6 / 120)
+    table = bench.render(s)
+    assert "| train_124m | ours | 120.0 | 1.20 |" in table
+    assert "8,333x what 124M training consumes" in table
+
+
+def test_plan_alternates_contenders_and_skips_torch_when_missing():
+    jobs = dict(bench.plan(["train_tiny", "generate"], torch_ok=False))
+    assert jobs["train_tiny"] == ["ours", "keras_hub"]
+    assert jobs["generate_b1"] == ["ours", "ours_int8", "keras_hub"]
+    jobs = dict(bench.plan(["train_tiny"], torch_ok=True))
+    assert jobs["train_tiny"][-1] == "transformers"

@@ -1,0 +1,248 @@
+"""Training under real tf.distribute strategies on this machine (no mocks)."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import keras_gpt_scratch as kgs
+from keras_gpt_scratch import distribute, training
+
+MICRO = {
+    "vocabulary_size": 50257,
+    "num_layers": 1,
+    "num_heads": 2,
+    "hidden_dim": 32,
+    "max_sequence_length": 64,
+    "dropout": 0.0,
+}
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import keras_gpt_scratch as kgs
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    import keras, numpy as np
+    from keras_gpt_scratch import distribute
+
+    MICRO = json.loads(sys.argv[1])
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50257, (4, 17)).astype("int32")
+    x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((4, 16), "int32")}
+
+    def one_step(strategy):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            lm = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), preprocessor=None)
+            lm.compile(
+                optimizer=keras.optimizers.AdamW(1e-2),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                weighted_metrics=[],
+            )
+        ds = tf.data.Dataset.from_tensor_slices((x, ids[:, 1:])).batch(4)
+        loss = lm.fit(ds, epochs=1, verbose=0).history["loss"][0]
+        return loss, [w.numpy() for w in lm.weights], strategy.num_replicas_in_sync
+
+    l1, w1, n1 = one_step(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    l2, w2, n2 = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w2))
+    moved = max(float(np.abs(a).max()) for a in w1)
+    try:
+        distribute.check_global_batch(5, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+        batch_error = None
+    except ValueError as e:
+        batch_error = str(e)
+    print("RESULT", json.dumps({"loss1": l1, "loss2": l2, "replicas": [n1, n2],
+                                "max_weight_diff": diff, "batch_error": batch_error}))
+    """
+)
+
+
+def run_script(script, *args, timeout=300):
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise AssertionError(proc.stdout[-2000:] + proc.stderr[-4000:])
+
+
+def test_mirrored_over_two_cpus_matches_one_device():
+    got = run_script(MIRRORED_SCRIPT, json.dumps(MICRO))
+    assert got["replicas"] == [1, 2]
+    assert got["loss1"] == pytest.approx(got["loss2"], rel=1e-5)
+    assert got["max_weight_diff"] < 1e-5
+    assert "not divisible by the 2 replicas" in got["batch_error"]
+
+
+def test_gradient_accumulation_equals_a_larger_batch():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50257, (4, 17)).astype("int32")
+    x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((4, 16), "int32")}
+    y = ids[:, 1:]
+
+    def train(accumulate, batch):
+        keras.utils.set_random_seed(0)
+        lm = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), preprocessor=None)
+        lm.compile(
+            optimizer=keras.optimizers.AdamW(
+                1e-2, gradient_accumulation_steps=accumulate
+            ),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            weighted_metrics=[],
+        )
+        lm.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+        return [w.numpy() for w in lm.weights]
+
+    big = train(None, 4)
+    accumulated = train(2, 2)
+    for a, b in zip(big, accumulated, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+    # And it differs from two plain steps of batch 2.
+    plain = train(None, 2)
+    assert max(np.abs(a - b).max() for a, b in zip(big, plain, strict=True)) > 1e-4
+
+
+def test_unknown_strategy_and_bad_tf_config():
+    with pytest.raises(ValueError, match="Known strategies: default, mirrored"):
+        distribute.make_strategy("horovod")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        distribute.parse_tf_config("{cluster: ")
+    with pytest.raises(ValueError, match="needs 'cluster' and 'task'"):
+        distribute.parse_tf_config('{"cluster": {}}')
+    twice = {
+        "cluster": {"worker": ["127.0.0.1:1234", "127.0.0.1:1234"]},
+        "task": {"type": "worker", "index": 0},
+    }
+    with pytest.raises(ValueError, match=r"names 127.0.0.1:1234 twice"):
+        distribute.parse_tf_config(json.dumps(twice))
+    outside = {
+        "cluster": {"worker": ["127.0.0.1:1"]},
+        "task": {"type": "worker", "index": 3},
+    }
+    with pytest.raises(ValueError, match="not in its cluster"):
+        distribute.parse_tf_config(json.dumps(outside))
+
+
+def test_multi_worker_without_tf_config_is_refused(tmp_path, monkeypatch, data_dir):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    cfg = training.TrainConfig(
+        model_config=MICRO,
+        corpus="verdict",
+        context_length=32,
+        batch_size=4,
+        steps=1,
+        output_dir=str(tmp_path / "run"),
+        strategy="multi-worker",
+        verbose=0,
+    )
+    with pytest.raises(ValueError, match="needs TF_CONFIG"):
+        training.train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start_workers(tmp_path, extra, corpus="tinyshakespeare"):
+    cfg = tmp_path / "micro.json"
+    cfg.write_text(json.dumps(MICRO))
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    procs = []
+    for i in range(2):
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps(
+                {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+            ),
+            "PYTHONUNBUFFERED": "1",
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "keras_gpt_scratch.cli",
+            "train",
+            "--strategy",
+            "multi-worker",
+            "--config",
+            str(cfg),
+            "--corpus",
+            corpus,
+            "--context-length",
+            "32",
+            "--batch-size",
+            "4",
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--sample-tokens",
+            "0",
+            *extra,
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    return procs
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes_train_and_chief_checkpoint_loads(
+    tmp_path, data_dir
+):
+    procs = start_workers(tmp_path, ["--steps", "3"])
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    run = tmp_path / "run"
+    assert (run / "summary.json").exists()
+    lm = kgs.GPTCausalLM.from_preset(str(run / "last"))
+    assert lm.backbone.hidden_dim == 32
+    assert not any(p.name.startswith("keras-gpt-worker") for p in run.iterdir())
+
+
+@pytest.mark.slow
+def test_killing_a_worker_ends_the_run_with_a_clear_error(tmp_path, data_dir):
+    procs = start_workers(
+        tmp_path, ["--epochs", "1000", "--collective-timeout", "120"], corpus="verdict"
+    )
+    log = tmp_path / "run" / "log.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (
+        log.exists() and list(csv.reader(log.open()))[1:]
+    ):
+        for p in procs:
+            assert p.poll() is None, p.stdout.read()[-3000:]
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    out = procs[0].communicate(timeout=240)[0]
+    assert procs[0].returncode != 0
+    assert "A worker of the distributed run stopped" in out, out[-3000:]

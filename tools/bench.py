@@ -1,0 +1,518 @@
+"""Benchmark keras-gpt-scratch against its peers, side by side, in one run.
+
+Contenders: ours (`GPTCausalLM`), keras_hub's `GPT2CausalLM` with the same
+geometry and random weights, and, when torch and transformers are installed,
+transformers' `GPT2LMHeadModel`. Every measurement runs in a fresh worker
+process (so peak memory is per case), and the contenders alternate within
+each round (A B C, then C B A, ...) so that their ratios survive a noisy
+machine. The machine's own limits are measured in the same run: float32
+matmul GFLOP/s (TensorFlow with oneDNN, and NumPy) and memory-read bandwidth.
+
+    python tools/bench.py                       # everything, 2 rounds
+    python tools/bench.py --cases generate --rounds 3
+    python tools/bench.py --quick               # small step counts, a smoke test
+    python tools/bench.py --json bench.json --markdown BENCHMARKS.md
+
+Cases:
+    limits      matmul GFLOP/s (TF + oneDNN, NumPy) and memory bandwidth
+    train_124m  fit() tokens/s, GPT-2 124M geometry, batch 8, context 256
+    train_tiny  fit() tokens/s, gpt_tiny geometry, batch 16, context 256
+    generate    new tokens/s at batch 1 and 8 (124M, float32, 32-token
+                prompt, 64 new tokens, greedy), first-call latency, and ours
+                with int8 weights
+    pipeline    tokens/s of the sliding-window tf.data loader (Tiny
+                Shakespeare, context 1024, stride 8, batch 8)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+RESULT_TAG = "BENCH_RESULT "
+GPT2_124M = dict(vocab=50257, layers=12, heads=12, hidden=768, context=1024)
+GPT_TINY = dict(vocab=50257, layers=4, heads=4, hidden=256, context=256)
+CASES = ("limits", "train_124m", "train_tiny", "generate", "pipeline")
+
+
+# === Workers (each runs in its own process) ===
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _train_flops_per_token(g: dict, context: int) -> float:
+    """6 x matmul parameters + attention (PaLM's 12 L C T), per token."""
+    c, layers = g["hidden"], g["layers"]
+    matmul_params = layers * 12 * c * c + g["vocab"] * c  # blocks + tied head
+    return 6 * matmul_params + 12 * layers * c * context
+
+
+def worker_limits(quick: bool) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_gpt_scratch  # noqa: F401  (oneDNN on, TF backend)
+
+    n = 2048 if quick else 4096
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    tf.matmul(a, b).numpy()
+    reps = 3 if quick else 8
+    t = time.perf_counter()
+    for _ in range(reps):
+        c = tf.matmul(a, b)
+    c.numpy()
+    tf_gflops = 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+    an, bn = a.numpy(), b.numpy()
+    an @ bn
+    t = time.perf_counter()
+    for _ in range(reps):
+        an @ bn
+    np_gflops = 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+    big = np.ones(((128 if quick else 512) * 2**20) // 4, "float32")
+    big.sum()
+    t = time.perf_counter()
+    for _ in range(5):
+        big.sum()
+    bandwidth = big.nbytes * 5 / (time.perf_counter() - t) / 1e9
+    return {
+        "tf_matmul_gflops": tf_gflops,
+        "numpy_matmul_gflops": np_gflops,
+        "read_bandwidth_gbs": bandwidth,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _keras_train(contender: str, g: dict, batch: int, context: int, steps: int):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_gpt_scratch as kgs
+
+    keras.utils.set_random_seed(0)
+    if contender == "ours":
+        backbone = kgs.GPTBackbone(
+            vocabulary_size=g["vocab"],
+            num_layers=g["layers"],
+            num_heads=g["heads"],
+            hidden_dim=g["hidden"],
+            max_sequence_length=g["context"],
+            dropout=0.0,
+        )
+        lm = kgs.GPTCausalLM(backbone, preprocessor=None)
+    else:
+        import keras_hub
+
+        backbone = keras_hub.models.GPT2Backbone(
+            vocabulary_size=g["vocab"],
+            num_layers=g["layers"],
+            num_heads=g["heads"],
+            hidden_dim=g["hidden"],
+            intermediate_dim=4 * g["hidden"],
+            max_sequence_length=g["context"],
+            dropout=0.0,
+        )
+        lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+    lm.compile(
+        optimizer=keras.optimizers.AdamW(1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[],
+    )
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, g["vocab"], (batch * 4, context + 1)).astype("int32")
+    x = {"token_ids": ids[:, :-1], "padding_mask": np.ones_like(ids[:, :-1])}
+    ds = tf.data.Dataset.from_tensor_slices((x, ids[:, 1:]))
+    ds = ds.batch(batch, drop_remainder=True).repeat().prefetch(2)
+    lm.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace + warm up
+    t = time.perf_counter()
+    lm.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    return steps * batch * context / (time.perf_counter() - t)
+
+
+def _torch_train(g: dict, batch: int, context: int, steps: int):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = GPT2Config(
+        vocab_size=g["vocab"],
+        n_positions=g["context"],
+        n_embd=g["hidden"],
+        n_layer=g["layers"],
+        n_head=g["heads"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = GPT2LMHeadModel(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, g["vocab"], (batch, context))
+
+    def step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch * context / (time.perf_counter() - t)
+
+
+def worker_train(contender: str, which: str, quick: bool) -> dict:
+    g, batch = (GPT2_124M, 8) if which == "train_124m" else (GPT_TINY, 16)
+    context = 256
+    steps = (2 if quick else 5) if which == "train_124m" else (3 if quick else 12)
+    if contender == "transformers":
+        tps = _torch_train(g, batch, context, steps)
+    else:
+        tps = _keras_train(contender, g, batch, context, steps)
+    return {
+        "tokens_per_s": tps,
+        "train_flops_per_token": _train_flops_per_token(g, context),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _keras_generate(contender: str, batch: int, new: int, prompt: int, rounds: int):
+    import keras
+    import numpy as np
+
+    import keras_gpt_scratch as kgs
+
+    keras.utils.set_random_seed(0)
+    g = GPT2_124M
+    if contender.startswith("ours"):
+        lm = kgs.GPTCausalLM(
+            kgs.GPTBackbone(
+                vocabulary_size=g["vocab"],
+                num_layers=g["layers"],
+                num_heads=g["heads"],
+                hidden_dim=g["hidden"],
+                max_sequence_length=g["context"],
+            ),
+            preprocessor=None,
+        )
+        if contender == "ours_int8":
+            lm.quantize("int8")
+    else:
+        import keras_hub
+
+        backbone = keras_hub.models.GPT2Backbone(
+            vocabulary_size=g["vocab"],
+            num_layers=g["layers"],
+            num_heads=g["heads"],
+            hidden_dim=g["hidden"],
+            intermediate_dim=4 * g["hidden"],
+            max_sequence_length=g["context"],
+        )
+        lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+    lm.compile(sampler="greedy")
+    rng = np.random.default_rng(0)
+    total = prompt + new
+    ids = np.zeros((batch, total), "int32")
+    ids[:, :prompt] = rng.integers(0, g["vocab"], (batch, prompt))
+    mask = np.zeros((batch, total), bool)
+    mask[:, :prompt] = True
+    x = {"token_ids": ids, "padding_mask": mask}
+    t = time.perf_counter()
+    lm.generate(x, stop_token_ids=None)
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        lm.generate(x, stop_token_ids=None)
+        times.append(time.perf_counter() - t)
+    return batch * new / min(times), first
+
+
+def _torch_generate(batch: int, new: int, prompt: int, rounds: int):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = GPT2LMHeadModel(GPT2Config()).eval()
+    ids = torch.randint(0, 50257, (batch, prompt))
+    kwargs = dict(
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        pad_token_id=50256,
+        attention_mask=torch.ones_like(ids),
+    )
+    with torch.no_grad():
+        t = time.perf_counter()
+        model.generate(ids, **kwargs)
+        first = time.perf_counter() - t
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            model.generate(ids, **kwargs)
+            times.append(time.perf_counter() - t)
+    return batch * new / min(times), first
+
+
+def worker_generate(contender: str, batch: int, quick: bool) -> dict:
+    new, prompt, rounds = (16 if quick else 64), 32, (1 if quick else 3)
+    if contender == "transformers":
+        tps, first = _torch_generate(batch, new, prompt, rounds)
+    else:
+        tps, first = _keras_generate(contender, batch, new, prompt, rounds)
+    return {"tokens_per_s": tps, "first_call_s": first, "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_pipeline(quick: bool) -> dict:
+    import keras_gpt_scratch as kgs
+
+    text = kgs.data.load_tiny_shakespeare("train")
+    ids = kgs.GPTTokenizer().encode(text)
+    rss_before = _peak_rss_mb()
+    ds = kgs.data.create_dataset(
+        ids, context_length=1024, stride=8, batch_size=8, shuffle=True, seed=0
+    )
+    it = iter(ds)
+    next(it)
+    n = 50 if quick else 400
+    t = time.perf_counter()
+    for _ in range(n):
+        x, _ = next(it)
+    tps = n * 8 * 1024 / (time.perf_counter() - t)
+    return {
+        "tokens_per_s": tps,
+        "windows": kgs.data.num_windows(len(ids), 1024, 8),
+        "token_array_mb": len(ids) * 4 / 2**20,
+        "rss_growth_mb": _peak_rss_mb() - rss_before,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def run_worker(args) -> None:
+    if args.worker == "limits":
+        out = worker_limits(args.quick)
+    elif args.worker.startswith("train"):
+        out = worker_train(args.contender, args.worker, args.quick)
+    elif args.worker.startswith("generate_b"):
+        out = worker_generate(args.contender, int(args.worker[10:]), args.quick)
+    elif args.worker == "pipeline":
+        out = worker_pipeline(args.quick)
+    else:
+        raise SystemExit(f"unknown worker case {args.worker}")
+    print(RESULT_TAG + json.dumps(out), flush=True)
+
+
+# === The parent: schedule, alternate, summarise ===
+
+
+def have_torch() -> bool:
+    try:
+        import importlib.util
+
+        return bool(
+            importlib.util.find_spec("torch")
+            and importlib.util.find_spec("transformers")
+        )
+    except ValueError:
+        return False
+
+
+def spawn(case: str, contender: str, quick: bool, timeout: int) -> dict:
+    env = {
+        **os.environ,
+        "TF_ENABLE_ONEDNN_OPTS": "1",
+        "KERAS_BACKEND": "tensorflow",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    cmd = [sys.executable, __file__, "--worker", case, "--contender", contender]
+    if quick:
+        cmd.append("--quick")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    raise RuntimeError(
+        f"worker {case}/{contender} failed (exit {proc.returncode}):\n"
+        f"{proc.stderr[-3000:]}"
+    )
+
+
+def plan(cases, torch_ok: bool):
+    peers = ["ours", "keras_hub"] + (["transformers"] if torch_ok else [])
+    jobs = []
+    for case in cases:
+        if case in ("limits", "pipeline"):
+            jobs.append((case, [case]))
+        elif case.startswith("train"):
+            jobs.append((case, peers))
+        elif case == "generate":
+            for b in (1, 8):
+                jobs.append((f"generate_b{b}", ["ours", "ours_int8"] + peers[1:]))
+    return jobs
+
+
+def median_of(results, key):
+    values = [r[key] for r in results if key in r]
+    return statistics.median(values) if values else None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--json", help="write all results here")
+    parser.add_argument("--markdown", help="write the table here (BENCHMARKS.md)")
+    parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--contender", default="ours", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        run_worker(args)
+        return 0
+
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        parser.error(f"unknown cases {unknown}; choose from {', '.join(CASES)}")
+    torch_ok = have_torch() and not args.no_torch
+    started = time.time()
+    results: dict[str, dict[str, list]] = {}
+    for case, contenders in plan(cases, torch_ok):
+        rounds = 1 if case in ("limits", "pipeline") else args.rounds
+        for r in range(rounds):
+            order = contenders if r % 2 == 0 else list(reversed(contenders))
+            for contender in order:
+                print(f"[bench] {case} / {contender} (round {r + 1})", flush=True)
+                res = spawn(case, contender, args.quick, args.timeout)
+                results.setdefault(case, {}).setdefault(contender, []).append(res)
+
+    summary = summarise(results)
+    table = render(summary)
+    print(table)
+    meta = {
+        "command": "python tools/bench.py " + " ".join(argv or sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "python": platform.python_version(),
+        "seconds": round(time.time() - started),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "summary": summary, "raw": results}, f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(meta, table))
+    return 0
+
+
+def summarise(results: dict) -> dict:
+    out: dict = {}
+    limits = results.get("limits", {}).get("limits")
+    peak = bw = None
+    if limits:
+        out["limits"] = {k: median_of(limits, k) for k in limits[0]}
+        peak = out["limits"]["tf_matmul_gflops"]
+        bw = out["limits"]["read_bandwidth_gbs"]
+    for case, by in results.items():
+        if case == "limits":
+            continue
+        out[case] = {}
+        for contender, rs in by.items():
+            row = {k: median_of(rs, k) for k in rs[0]}
+            if case.startswith("train") and peak:
+                row["mfu"] = (
+                    row["tokens_per_s"] * row["train_flops_per_token"] / (peak * 1e9)
+                )
+            if case.startswith("generate") and bw:
+                batch = int(case[10:])
+                weight_bytes = 124_439_808 * (1 if contender == "ours_int8" else 4)
+                bound = batch * bw * 1e9 / weight_bytes
+                row["bandwidth_bound_tokens_per_s"] = bound
+                row["fraction_of_bound"] = row["tokens_per_s"] / bound
+            out[case][contender] = row
+        base = out[case].get("keras_hub", {}).get("tokens_per_s")
+        for row in out[case].values():
+            if base and "tokens_per_s" in row:
+                row["vs_keras_hub"] = row["tokens_per_s"] / base
+    if "pipeline" in out and "train_124m" in out:
+        ours = out["train_124m"].get("ours", {}).get("tokens_per_s")
+        if ours:
+            p = out["pipeline"]["pipeline"]
+            p["vs_124m_training"] = p["tokens_per_s"] / ours
+    return out
+
+
+def _fmt(v, spec=",.1f"):
+    return "" if v is None else format(v, spec)
+
+
+def render(summary: dict) -> str:
+    lines = []
+    if "limits" in summary:
+        lim = summary["limits"]
+        lines.append(
+            f"machine limits: TF+oneDNN matmul {_fmt(lim['tf_matmul_gflops'])} GFLOP/s, "
+            f"NumPy matmul {_fmt(lim['numpy_matmul_gflops'])} GFLOP/s, "
+            f"memory read {_fmt(lim['read_bandwidth_gbs'])} GB/s"
+        )
+    header = "| case | contender | tokens/s | vs keras_hub | first call s | peak RSS MB | MFU / of bound |"
+    lines += ["", header, "|---|---|---|---|---|---|---|"]
+    for case, rows in summary.items():
+        if case in ("limits", "pipeline"):
+            continue
+        for contender, row in rows.items():
+            frac = row.get("mfu", row.get("fraction_of_bound"))
+            lines.append(
+                f"| {case} | {contender} | {_fmt(row.get('tokens_per_s'))} | "
+                f"{_fmt(row.get('vs_keras_hub'), '.2f')} | {_fmt(row.get('first_call_s'), '.1f')} | "
+                f"{_fmt(row.get('peak_rss_mb'), ',.0f')} | {_fmt(frac, '.0%')} |"
+            )
+    if "pipeline" in summary:
+        p = summary["pipeline"]["pipeline"]
+        lines.append("")
+        lines.append(
+            f"input pipeline: {_fmt(p['tokens_per_s'], ',.0f')} tokens/s over "
+            f"{p['windows']:,} windows (context 1024, stride 8), RSS growth "
+            f"{_fmt(p['rss_growth_mb'])} MB for a {_fmt(p['token_array_mb'])} MB token array"
+            + (
+                f"; {_fmt(p['vs_124m_training'], ',.0f')}x what 124M training consumes"
+                if "vs_124m_training" in p
+                else ""
+            )
+        )
+    return "\n".join(lines)
+
+
+def markdown(meta: dict, table: str) -> str:
+    return (
+        "# Benchmarks\n\n"
+        f"Measured {meta['date']} on {meta['machine']} (Python {meta['python']}), "
+        f"{meta['seconds']} s in all, with:\n\n```\n{meta['command']}\n```\n\n"
+        "Each contender ran in its own process, alternating within rounds; the "
+        "figures are medians over rounds. MFU = tokens/s x (6 x matmul parameters "
+        "+ 12 L C T) / the TF+oneDNN matmul peak measured in the same run. "
+        "The generation bound is batch x bandwidth / weight bytes.\n\n"
+        f"{table}\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
