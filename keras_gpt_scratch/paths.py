@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from importlib import resources
 from pathlib import Path
+
+from keras_gpt_scratch.io_utils import atomic_file
 
 DATA_DIR_ENV = "KERAS_GPT_SCRATCH_DATA"
 CACHE_DIR_ENV = "KERAS_GPT_SCRATCH_CACHE"
@@ -133,22 +134,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
     Readers see either the old file or the complete new one, never a part.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".part"
-    )
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.remove(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    with atomic_file(path) as tmp:
+        Path(tmp).write_bytes(data)
+    return Path(path)
 
 
 def download_file(
@@ -180,13 +168,9 @@ def download_file(
             and `ConnectionError` are ones).
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
-    )
-    try:
+    with atomic_file(destination) as tmp_name:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp_name, "wb") as out:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 expected_size = response.headers.get("Content-Length")
                 size = 0
@@ -207,11 +191,4 @@ def download_file(
                 f"{expected_sha256}; it was discarded. Retry later, or fetch "
                 "the file yourself and pass its path."
             )
-        os.replace(tmp_name, destination)
-    except BaseException:
-        try:
-            os.remove(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
     return destination
