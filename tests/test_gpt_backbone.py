@@ -172,3 +172,31 @@ def test_mixed_bfloat16_backbone():
     assert all(w.dtype == "float32" for w in backbone.weights)
     logits = backbone.token_embedding(out, reverse=True)
     assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+
+
+def test_book_config_uses_pytorch_default_initialisation():
+    cfg = {
+        "vocab_size": 500,
+        "context_length": 16,
+        "emb_dim": 64,
+        "n_heads": 2,
+        "n_layers": 1,
+        "drop_rate": 0.0,
+        "qkv_bias": False,
+    }
+    book = kgs.GPTBackbone.from_book_config(cfg)
+    assert book.init == "torch" and book.get_config()["init"] == "torch"
+    table = book.token_embedding.embeddings.numpy()
+    assert 0.9 < table.std() < 1.1  # nn.Embedding: N(0, 1)
+    kernel = book.transformer_layers[0].attention.query.kernel.numpy()
+    bound = 1 / np.sqrt(64)  # nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+    head = book.token_embedding.reverse_embeddings.numpy()
+    assert np.abs(head).max() <= bound
+    gpt2 = kgs.GPTBackbone(**TINY)
+    assert gpt2.init == "gpt2"
+    assert 0.015 < gpt2.token_embedding.embeddings.numpy().std() < 0.025
+    clone = kgs.GPTBackbone.from_config(book.get_config())
+    assert clone.init == "torch"
+    with pytest.raises(ValueError, match="init must be"):
+        kgs.GPTBackbone(**TINY, init="xavier")

@@ -23,7 +23,9 @@ class TokenEmbedding(keras.layers.Embedding):
         vocabulary_size: int. Number of token ids.
         hidden_dim: int. Width of each embedding vector.
         tie_weights: bool. Reuse the table as the output projection.
-        embeddings_initializer: initializer for the table(s).
+        embeddings_initializer: initializer for the table.
+        head_initializer: initializer for the untied head; defaults to
+            `embeddings_initializer`.
         **kwargs: other keyword arguments passed to `keras.layers.Layer`.
 
     Call arguments:
@@ -47,6 +49,7 @@ class TokenEmbedding(keras.layers.Embedding):
         hidden_dim: int,
         tie_weights: bool = True,
         embeddings_initializer="uniform",
+        head_initializer=None,
         **kwargs,
     ):
         super().__init__(
@@ -56,6 +59,9 @@ class TokenEmbedding(keras.layers.Embedding):
             **kwargs,
         )
         self.tie_weights = tie_weights
+        self.head_initializer = keras.initializers.get(
+            head_initializer or embeddings_initializer
+        )
 
     @property
     def vocabulary_size(self) -> int:
@@ -67,7 +73,7 @@ class TokenEmbedding(keras.layers.Embedding):
             self.reverse_embeddings = self.add_weight(
                 name="reverse_embeddings",
                 shape=(self.output_dim, self.input_dim),
-                initializer=self.embeddings_initializer,
+                initializer=self.head_initializer,
             )
 
     def call(self, inputs, reverse: bool = False):
@@ -167,6 +173,7 @@ class TokenEmbedding(keras.layers.Embedding):
                 "vocabulary_size": self.input_dim,
                 "hidden_dim": self.output_dim,
                 "tie_weights": self.tie_weights,
+                "head_initializer": keras.initializers.serialize(self.head_initializer),
             }
         )
         return config

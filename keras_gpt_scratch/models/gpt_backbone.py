@@ -27,6 +27,28 @@ def _gpt2_initializer(stddev=0.02):
     return keras.initializers.RandomNormal(stddev=stddev)
 
 
+def _initializers(init: str) -> dict:
+    """Weight initializers: GPT-2's, or PyTorch's defaults as the book uses.
+
+    GPT-2 draws every weight from N(0, 0.02) (positions N(0, 0.01)). The
+    book's `GPTModel` keeps PyTorch's defaults: `nn.Embedding` N(0, 1) and
+    `nn.Linear` U(+-1/sqrt(fan_in)), which memorises a small corpus much
+    faster (the book's chapter-5 run on The Verdict).
+    """
+    if init == "gpt2":
+        return {
+            "token": _gpt2_initializer(),
+            "position": _gpt2_initializer(0.01),
+            "kernel": _gpt2_initializer(),
+            "head": _gpt2_initializer(),
+        }
+    if init == "torch":
+        linear = keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
+        normal = keras.initializers.RandomNormal(stddev=1.0)
+        return {"token": normal, "position": normal, "kernel": linear, "head": linear}
+    raise ValueError(f"init must be 'gpt2' or 'torch'; got {init!r}.")
+
+
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
 class GPTBackbone(gpt_presets.PresetMixin, Backbone):
     """GPT-2 written from scratch (the book's `GPTModel`, without the head).
@@ -56,6 +78,8 @@ class GPTBackbone(gpt_presets.PresetMixin, Backbone):
         tie_weights: bool. Share the token embedding with the output head
             (GPT-2) rather than learning a separate head (the book's model).
         layer_norm_epsilon: float. GPT-2 uses 1e-5.
+        init: `"gpt2"` (N(0, 0.02) weights, GPT-2's scheme) or `"torch"`
+            (PyTorch's defaults, as the book's from-scratch model gets them).
         dtype: the dtype policy, e.g. `"float32"`, `"bfloat16"` or
             `"mixed_bfloat16"`.
 
@@ -88,9 +112,11 @@ class GPTBackbone(gpt_presets.PresetMixin, Backbone):
         qkv_bias: bool = True,
         tie_weights: bool = True,
         layer_norm_epsilon: float = 1e-5,
+        init: str = "gpt2",
         dtype=None,
         **kwargs,
     ):
+        init_fns = _initializers(init)
         if hidden_dim % num_heads:
             raise ValueError(
                 f"hidden_dim ({hidden_dim}) must be divisible by num_heads "
@@ -104,13 +130,14 @@ class GPTBackbone(gpt_presets.PresetMixin, Backbone):
             vocabulary_size,
             hidden_dim,
             tie_weights=tie_weights,
-            embeddings_initializer=_gpt2_initializer(),
+            embeddings_initializer=init_fns["token"],
+            head_initializer=init_fns["head"],
             dtype=dtype,
             name="token_embedding",
         )
         self.position_embedding = PositionEmbedding(
             max_sequence_length,
-            initializer=_gpt2_initializer(0.01),
+            initializer=init_fns["position"],
             dtype=dtype,
             name="position_embedding",
         )
@@ -124,7 +151,7 @@ class GPTBackbone(gpt_presets.PresetMixin, Backbone):
                 dropout=dropout,
                 qkv_bias=qkv_bias,
                 layer_norm_epsilon=layer_norm_epsilon,
-                kernel_initializer=_gpt2_initializer(),
+                kernel_initializer=init_fns["kernel"],
                 dtype=dtype,
                 name=f"transformer_layer_{i}",
             )
@@ -159,6 +186,7 @@ class GPTBackbone(gpt_presets.PresetMixin, Backbone):
         self.qkv_bias = qkv_bias
         self.tie_weights = tie_weights
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.init = init
 
     @classmethod
     def from_book_config(cls, config: dict[str, Any], **kwargs) -> "GPTBackbone":
@@ -166,8 +194,9 @@ class GPTBackbone(gpt_presets.PresetMixin, Backbone):
 
         The book's keys (`vocab_size`, `context_length`, `emb_dim`, `n_heads`,
         `n_layers`, `drop_rate`, `qkv_bias`) map onto this class' arguments.
-        The book's model has a separate output head, so `tie_weights`
-        defaults to False here; pass `tie_weights=True` for GPT-2's tying.
+        The book's model has a separate output head and PyTorch's default
+        initialisation, so `tie_weights` defaults to False and `init` to
+        `"torch"` here; pass `tie_weights=True, init="gpt2"` for GPT-2's.
         """
         unknown = sorted(set(config) - set(BOOK_CONFIG_KEYS))
         if unknown:
@@ -178,6 +207,7 @@ class GPTBackbone(gpt_presets.PresetMixin, Backbone):
         args = {BOOK_CONFIG_KEYS[k]: v for k, v in config.items()}
         args.setdefault("tie_weights", False)
         args.setdefault("qkv_bias", False)
+        args.setdefault("init", "torch")
         args.update(kwargs)
         return cls(**args)
 
@@ -211,6 +241,7 @@ class GPTBackbone(gpt_presets.PresetMixin, Backbone):
                 "qkv_bias": self.qkv_bias,
                 "tie_weights": self.tie_weights,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "init": self.init,
             }
         )
         return config

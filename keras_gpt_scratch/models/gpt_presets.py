@@ -125,9 +125,9 @@ class PresetMixin:
             from keras_gpt_scratch import hub
 
             preset = hub.resolve_hf_preset(preset)
-        # GPT-2 checkpoints (OpenAI's TF folder, a Hugging Face folder, or an
-        # hf:// repo with model_type gpt2) are converted by us; keras_hub
-        # would map model_type gpt2 to its own GPT2Backbone.
+        # GPT-2 checkpoints (OpenAI's TF folder, or a Hugging Face folder,
+        # which includes an hf:// snapshot resolved above) are converted by
+        # us; keras_hub would map model_type gpt2 to its own GPT2Backbone.
         from keras_gpt_scratch import weights
 
         if weights.is_gpt2_checkpoint(preset):
