@@ -228,3 +228,16 @@ def test_preset_from_a_newer_format_is_refused(lm, tmp_path):
     (preset / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="newer"):
         kgs.GPTCausalLM.from_preset(str(preset))
+
+
+def test_untied_head_survives_preset_and_keras_saving(tmp_path):
+    lm = kgs.GPTCausalLM(kgs.GPTBackbone(**TINY, tie_weights=False), preprocessor=None)
+    x = batch([[3, 1, 4, 1, 5]])
+    lm.save_to_preset(tmp_path / "p")
+    np.testing.assert_allclose(
+        kgs.GPTCausalLM.from_preset(str(tmp_path / "p"))(x), lm(x), atol=1e-6
+    )
+    lm.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(
+        keras.saving.load_model(tmp_path / "m.keras")(x), lm(x), atol=1e-6
+    )

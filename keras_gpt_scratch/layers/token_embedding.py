@@ -1,3 +1,5 @@
+import copy
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -96,6 +98,16 @@ class TokenEmbedding(keras.layers.Embedding):
             inputs = ops.cast(inputs, "int32")
         inputs = self._check_ids(inputs)
         return super().call(inputs)  # (B, T, C)
+
+    @property
+    def variable_serialization_spec(self):
+        # Keras' Embedding saves only its table; an untied head must be
+        # saved and loaded too (keras.layers.ReversibleEmbedding does this).
+        spec = copy.deepcopy(super().variable_serialization_spec)
+        if not self.tie_weights:
+            for names in spec.values():
+                names.append("reverse_embeddings")
+        return spec
 
     def quantize(self, mode=None, type_check=True, config=None):
         """Int8-quantize the table (Keras' `Embedding.quantize`); the tied

@@ -32,8 +32,7 @@ def _initializers(init: str) -> dict:
 
     GPT-2 draws every weight from N(0, 0.02) (positions N(0, 0.01)). The
     book's `GPTModel` keeps PyTorch's defaults: `nn.Embedding` N(0, 1) and
-    `nn.Linear` U(+-1/sqrt(fan_in)), which memorises a small corpus much
-    faster (the book's chapter-5 run on The Verdict).
+    `nn.Linear` U(+-1/sqrt(fan_in)) (biases start at zero here).
     """
     if init == "gpt2":
         return {
