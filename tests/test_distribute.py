@@ -246,3 +246,29 @@ def test_killing_a_worker_ends_the_run_with_a_clear_error(tmp_path, data_dir):
     out = procs[0].communicate(timeout=240)[0]
     assert procs[0].returncode != 0
     assert "A worker of the distributed run stopped" in out, out[-3000:]
+
+
+@pytest.mark.slow
+def test_killed_multi_worker_run_resumes_with_the_same_command(tmp_path, data_dir):
+    extra = ["--epochs", "3", "--collective-timeout", "120"]
+    procs = start_workers(tmp_path, extra, corpus="verdict")
+    log = tmp_path / "run" / "log.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (
+        log.exists() and list(csv.reader(log.open()))[1:]
+    ):
+        for p in procs:
+            assert p.poll() is None, p.stdout.read()[-3000:]
+        time.sleep(0.2)
+    for p in procs:  # the whole cluster goes down mid-run
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    done = len(list(csv.reader(log.open()))[1:])
+    assert 1 <= done < 3
+    procs = start_workers(tmp_path, extra, corpus="verdict")
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert "Resuming" in outs[0]
+    epochs = [row[0] for row in list(csv.reader(log.open()))[1:]]
+    assert epochs == ["0", "1", "2"]
