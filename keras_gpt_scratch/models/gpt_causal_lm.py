@@ -161,20 +161,7 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
 
     @classmethod
     def _from_builtin(cls, name, spec, load_weights, **kwargs):
-        if load_weights and spec.get("weights") and "backbone" not in kwargs:
-            # GPT-2's real weights: downloaded, converted and cached once.
-            from keras_gpt_scratch.weights import from_builtin_preset
-
-            return from_builtin_preset(cls, name, spec, **kwargs)
-        kwargs.pop("load_task_weights", None)
-        backbone = kwargs.pop("backbone", None)
-        if backbone is None:
-            backbone = GPTBackbone._from_builtin(
-                name, spec, load_weights, dtype=kwargs.pop("dtype", None)
-            )
-        if "preprocessor" not in kwargs:
-            kwargs["preprocessor"] = GPTCausalLMPreprocessor.from_preset(name)
-        return cls(backbone=backbone, **kwargs)
+        return cls._task_from_builtin(name, spec, load_weights, **kwargs)
 
     def quantize(self, mode=None, **kwargs):
         """Keras' `Model.quantize`, e.g. `"int8"`: Dense layers and the

@@ -16,6 +16,18 @@ from keras_gpt_scratch.models.gpt_backbone import GPTBackbone
 from keras_gpt_scratch.tokenizers.gpt_tokenizer import GPTTokenizer
 
 
+def check_sequence_length(sequence_length) -> None:
+    """Raise a clear error unless `sequence_length` is a positive int."""
+    if (
+        isinstance(sequence_length, bool)
+        or not isinstance(sequence_length, (int, np.integer))
+        or sequence_length <= 0
+    ):
+        raise ValueError(
+            f"`sequence_length` must be a positive int. Received: {sequence_length!r}."
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
 class GPTCausalLMPreprocessor(CausalLMPreprocessor):
     """GPT causal LM preprocessor.
@@ -94,15 +106,7 @@ class GPTCausalLMPreprocessor(CausalLMPreprocessor):
         add_end_token: bool = True,
         **kwargs,
     ) -> None:
-        if (
-            isinstance(sequence_length, bool)
-            or not isinstance(sequence_length, (int, np.integer))
-            or sequence_length <= 0
-        ):
-            raise ValueError(
-                "`sequence_length` must be a positive int. Received: "
-                f"{sequence_length!r}."
-            )
+        check_sequence_length(sequence_length)
         if tokenizer is None:
             tokenizer = GPTTokenizer()
         super().__init__(

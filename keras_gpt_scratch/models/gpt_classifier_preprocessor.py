@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import keras
-import numpy as np
 from keras_hub.layers import StartEndPacker
 from keras_hub.models import TextClassifierPreprocessor
 from keras_hub.src.utils.python_utils import classproperty
@@ -13,6 +12,7 @@ from keras_hub.src.utils.tensor_utils import preprocessing_function
 
 from keras_gpt_scratch.models import gpt_presets
 from keras_gpt_scratch.models.gpt_backbone import GPTBackbone
+from keras_gpt_scratch.models.gpt_causal_lm_preprocessor import check_sequence_length
 from keras_gpt_scratch.tokenizers.gpt_tokenizer import GPTTokenizer
 
 
@@ -78,15 +78,7 @@ class GPTClassifierPreprocessor(TextClassifierPreprocessor):
         add_end_token: bool = False,
         **kwargs,
     ) -> None:
-        if (
-            isinstance(sequence_length, bool)
-            or not isinstance(sequence_length, (int, np.integer))
-            or sequence_length <= 0
-        ):
-            raise ValueError(
-                "`sequence_length` must be a positive int. Received: "
-                f"{sequence_length!r}."
-            )
+        check_sequence_length(sequence_length)
         if tokenizer is None:
             tokenizer = GPTTokenizer()
         super().__init__(

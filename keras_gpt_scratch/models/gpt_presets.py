@@ -141,6 +141,24 @@ class PresetMixin:
         return cls._keras_hub_from_preset(preset, load_weights=load_weights, **kwargs)
 
     @classmethod
+    def _task_from_builtin(cls, name, spec, load_weights, **kwargs):
+        """A task (`cls`) for a built-in preset: its backbone and preprocessor."""
+        if load_weights and spec.get("weights") and "backbone" not in kwargs:
+            # GPT-2's real weights: downloaded, converted and cached once.
+            from keras_gpt_scratch.weights import from_builtin_preset
+
+            return from_builtin_preset(cls, name, spec, **kwargs)
+        kwargs.pop("load_task_weights", None)
+        backbone = kwargs.pop("backbone", None)
+        if backbone is None:
+            backbone = cls.backbone_cls._from_builtin(
+                name, spec, load_weights, dtype=kwargs.pop("dtype", None)
+            )
+        if "preprocessor" not in kwargs:
+            kwargs["preprocessor"] = cls.preprocessor_cls.from_preset(name)
+        return cls(backbone=backbone, **kwargs)
+
+    @classmethod
     def _keras_hub_from_preset(cls, preset, **kwargs):
         return super().from_preset(preset, **kwargs)
 
