@@ -13,7 +13,7 @@ attention projections). This module adds what it leaves out:
   saved adapter file holds everything that changed.
 * `save_adapters` and `AdapterCheckpoint`: atomic adapter saving for the
   training recipe, and a callback that keeps the adapters correct when a
-  `BackupAndRestore` run resumes.
+  backed-up run (`keras_gpt_scratch.backup.RunBackup`) resumes.
 """
 
 from __future__ import annotations
@@ -147,12 +147,12 @@ def save_adapters(backbone, path: str | os.PathLike) -> bool:
 class AdapterCheckpoint(keras.callbacks.Callback):
     """Save the LoRA adapters after every epoch; restore them on resume.
 
-    `BackupAndRestore` saves the model weights with each adapted kernel
+    `RunBackup` saves the model weights with each adapted kernel
     merged (`kernel + A @ B`) and, when it restores them, zeroes the
     adapters. Trained on from there, the adapters would hold only the epochs
     after the resume. So when `path` already exists at the start of
     training (an interrupted run), this callback, placed after
-    `BackupAndRestore`, puts the original frozen kernels back and loads the
+    `RunBackup`, puts the original frozen kernels back and loads the
     adapters from `path`.
 
     Args:

@@ -3,13 +3,14 @@
 `train(TrainConfig(...))` pretrains (or fine-tunes) a `GPTCausalLM` with plain
 `model.fit` on the sliding-window `tf.data` pipeline: AdamW with linear warmup
 and cosine decay, gradient clipping, validation every epoch, best/last
-checkpoints saved atomically as presets and `.keras` files, `BackupAndRestore`
+checkpoints saved atomically as presets and `.keras` files, a `RunBackup`
 so that a killed run resumes where its last completed epoch ended, a CSV log,
 optional TensorBoard, a text sample after every epoch and a loss plot.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -23,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_gpt_scratch import distribute, lora
+from keras_gpt_scratch.backup import RunBackup, agree_on_epoch, backed_up_epochs
 from keras_gpt_scratch.data import corpora
 from keras_gpt_scratch.data.sliding_window import create_dataset, num_windows
 from keras_gpt_scratch.io_utils import atomic_file
@@ -290,6 +292,17 @@ class LossHistory(keras.callbacks.Callback):
         self._prev_mean = 0.0
         self._window: list[float] = []
 
+    def truncate(self, epochs: int) -> None:
+        """Forget everything after the first `epochs` epochs (for a resume)."""
+        kept = self.state["epochs"][:epochs]
+        tokens = kept[-1]["tokens"] if kept else 0
+        self.state = {
+            "train": [p for p in self.state["train"] if p[0] <= tokens],
+            "validation": [p for p in self.state["validation"] if p[0] <= tokens],
+            "epochs": kept,
+            "step": tokens // self.tokens_per_step,
+        }
+
     def on_epoch_begin(self, epoch, logs=None):
         self._prev_mean = 0.0
 
@@ -314,6 +327,18 @@ class LossHistory(keras.callbacks.Callback):
         self.state["epochs"].append(entry)
         with atomic_file(self.path) as tmp:
             Path(tmp).write_text(json.dumps(self.state))
+
+
+def truncate_csv_log(path: Path, epochs: int) -> None:
+    """Keep the header and the rows of the first `epochs` epochs of a CSV log."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) < epochs]
+    if kept != rows:
+        with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
 
 
 class TextSample(keras.callbacks.Callback):
@@ -460,7 +485,7 @@ def train(config: TrainConfig, print_fn=print) -> TrainResult:
     # Only the chief writes the run's files; other workers keep their own
     # backup (to resume in step) and write the rest to a scratch directory.
     backup = out / ("backup" if chief else f"backup-worker{task}")
-    resuming = check_output_dir(config, out) if chief else backup.exists()
+    resuming = check_output_dir(config, out) if chief else False
     if not chief:
         import tempfile
 
@@ -528,24 +553,33 @@ def train(config: TrainConfig, print_fn=print) -> TrainResult:
             jit_compile=config.jit_compile,
         )
 
+    # Every worker must restore the same epoch (one collective decides).
+    restore_epoch = agree_on_epoch(backed_up_epochs(backup), epochs, strategy)
+    resuming = resuming or restore_epoch > 0
     out.mkdir(parents=True, exist_ok=True)
     if not resuming:
         with atomic_file(out / "run.json") as tmp:
             Path(tmp).write_text(json.dumps(config.identity(), indent=2))
     history = LossHistory(out / "history.json", config.batch_size * context)
+    if resuming:
+        # Logs written after the restored backup (a kill between the two,
+        # or a peer that lags an epoch) would otherwise repeat epochs.
+        history.truncate(restore_epoch)
+        truncate_csv_log(out / "log.csv", restore_epoch)
     best = min(
         (e["val_loss"] for e in history.state["epochs"] if "val_loss" in e),
         default=math.inf,
     )
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
         history,
         keras.callbacks.CSVLogger(str(out / "log.csv"), append=resuming),
         keras.callbacks.TerminateOnNaN(),
+        # After the logs, so that a backup never runs ahead of them.
+        RunBackup(backup, restore_epoch),
         PresetCheckpoint(out, best=best),
     ]
     if config.lora_rank is not None:
-        # After BackupAndRestore: on resume it puts the adapters back.
+        # After RunBackup: on resume it puts the adapters back.
         callbacks.append(lora.AdapterCheckpoint(backbone, out / lora.ADAPTER_FILENAME))
     prompt = config.sample_prompt or SAMPLE_PROMPTS.get(config.corpus, "The")
     if config.sample_tokens > 0 and chief:

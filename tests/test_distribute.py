@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -250,25 +251,34 @@ def test_killing_a_worker_ends_the_run_with_a_clear_error(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_killed_multi_worker_run_resumes_with_the_same_command(tmp_path, data_dir):
-    extra = ["--epochs", "3", "--collective-timeout", "120"]
+    extra = ["--epochs", "4", "--collective-timeout", "120"]
     procs = start_workers(tmp_path, extra, corpus="verdict")
-    log = tmp_path / "run" / "log.csv"
+    run = tmp_path / "run"
+    log = run / "log.csv"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (
-        log.exists() and list(csv.reader(log.open()))[1:]
+        log.exists() and len(list(csv.reader(log.open()))[1:]) >= 2
     ):
         for p in procs:
             assert p.poll() is None, p.stdout.read()[-3000:]
-        time.sleep(0.2)
+        time.sleep(0.1)
     for p in procs:  # the whole cluster goes down mid-run
         p.send_signal(signal.SIGKILL)
         p.wait()
-    done = len(list(csv.reader(log.open()))[1:])
-    assert 1 <= done < 3
+    assert 2 <= len(list(csv.reader(log.open()))[1:]) < 4
+    # Make worker 1 lag: it keeps only epoch 1 while the chief may hold epoch
+    # 2 and has logged it. Both must resume from epoch 1.
+    lagging = run / "backup-worker1"
+    assert (lagging / "epoch-1").is_dir() and (run / "backup" / "epoch-1").is_dir()
+    for generation in lagging.iterdir():
+        if generation.name != "epoch-1":
+            shutil.rmtree(generation)
     procs = start_workers(tmp_path, extra, corpus="verdict")
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
     assert "Resuming" in outs[0]
     epochs = [row[0] for row in list(csv.reader(log.open()))[1:]]
-    assert epochs == ["0", "1", "2"]
+    assert epochs == ["0", "1", "2", "3"]
+    history = json.loads((run / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3, 4]

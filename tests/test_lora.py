@@ -168,7 +168,7 @@ def test_enabling_twice_is_a_clear_error():
 
 
 def test_adapter_checkpoint_restores_adapters_after_a_merged_backup(tmp_path):
-    # BackupAndRestore saves merged kernels and zeroes the adapters on load;
+    # RunBackup saves merged kernels and zeroes the adapters on load;
     # AdapterCheckpoint puts the base kernels and the adapters back.
     lm = tiny_lm(seed=3)
     lm.backbone.enable_lora(2)
@@ -185,7 +185,7 @@ def test_adapter_checkpoint_restores_adapters_after_a_merged_backup(tmp_path):
         resumed.backbone.transformer_layers[0].attention.query._kernel
     )
     callback = lora.AdapterCheckpoint(resumed.backbone, adapters)
-    resumed.load_weights(backup)  # what BackupAndRestore does
+    resumed.load_weights(backup)  # what RunBackup does
     callback.on_train_begin()
     query = resumed.backbone.transformer_layers[0].attention.query
     np.testing.assert_array_equal(
