@@ -26,6 +26,7 @@ from keras_gpt_scratch.models.gpt_classifier import GPTClassifier  # noqa: E402
 from keras_gpt_scratch.models.gpt_classifier_preprocessor import (  # noqa: E402
     GPTClassifierPreprocessor,
 )
+from keras_gpt_scratch.optimizers import TorchAdamW  # noqa: E402
 from keras_gpt_scratch.tokenizers import GPTTokenizer, SimpleTokenizer  # noqa: E402
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "GPTClassifierPreprocessor",
     "GPTTokenizer",
     "SimpleTokenizer",
+    "TorchAdamW",
     "LayerNorm",
     "MultiHeadAttention",
     "PositionEmbedding",

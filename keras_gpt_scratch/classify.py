@@ -34,6 +34,7 @@ from keras_gpt_scratch.models.gpt_classifier import GPTClassifier
 from keras_gpt_scratch.models.gpt_classifier_preprocessor import (
     GPTClassifierPreprocessor,
 )
+from keras_gpt_scratch.optimizers import TorchAdamW
 from keras_gpt_scratch.tokenizers.gpt_tokenizer import GPTTokenizer
 
 DEFAULT_LEARNING_RATE = 5e-5  # the book's fine-tuning rate (section 6.7)
@@ -305,7 +306,8 @@ def train_classifier(config: ClassifyConfig, print_fn=print) -> ClassifyResult:
     train_ds = dataset(train_idx, shuffle=True)
     val_ds = dataset(val_idx, shuffle=False) if len(val_idx) else None
 
-    optimizer = keras.optimizers.AdamW(
+    # PyTorch's AdamW update, as in the book's chapter 6.
+    optimizer = TorchAdamW(
         learning_rate=config.learning_rate, weight_decay=config.weight_decay
     )
     optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)

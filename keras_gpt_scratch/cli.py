@@ -61,6 +61,12 @@ def _train_parser(sub) -> None:
     )
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument(
+        "--adam-epsilon",
+        type=float,
+        default=1e-8,
+        help="AdamW epsilon (PyTorch's and the book's 1e-8; Keras' default is 1e-7)",
+    )
+    p.add_argument(
         "--clipnorm", type=float, default=1.0, help="global gradient-norm clip (0: off)"
     )
     p.add_argument("--dropout", type=float, help="override the model's dropout")
@@ -288,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup_steps=args.warmup_steps,
                 lr_schedule=args.lr_schedule,
                 weight_decay=args.weight_decay,
+                adam_epsilon=args.adam_epsilon,
                 clipnorm=args.clipnorm,
                 dropout=args.dropout,
                 seed=args.seed,

@@ -14,6 +14,8 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from keras_gpt_scratch.models.gpt_causal_lm import NO_WEIGHT_DECAY, GPTCausalLM
 from keras_gpt_scratch.models.gpt_causal_lm_preprocessor import (
     GPTCausalLMPreprocessor,
 )
+from keras_gpt_scratch.optimizers import TorchAdamW
 from keras_gpt_scratch.tokenizers.gpt_tokenizer import GPTTokenizer
 
 CORPORA = ("tinyshakespeare", "verdict")
@@ -73,6 +76,8 @@ class TrainConfig:
         lr_schedule: `"cosine"` (warmup, then cosine decay) or `"constant"`
             (the book's chapter-5 setting).
         weight_decay: AdamW decay (never on LayerNorm, biases, embeddings).
+        adam_epsilon: AdamW's epsilon, placed as PyTorch places it (the
+            optimizer is `TorchAdamW`, the book's `torch.optim.AdamW`).
         clipnorm: global gradient-norm clip; 0 or None turns it off.
         dropout: overrides the preset's dropout when set.
         seed: seeds weights, shuffling and sampling.
@@ -107,6 +112,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     warmup_steps: int | None = None
     weight_decay: float = 0.1
+    adam_epsilon: float = 1e-8
     clipnorm: float = 1.0
     dropout: float | None = None
     seed: int = 123
@@ -234,9 +240,10 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> keras.Optimizer:
         raise ValueError(
             f"Unknown lr_schedule {config.lr_schedule!r}; use 'cosine' or 'constant'."
         )
-    optimizer = keras.optimizers.AdamW(
+    optimizer = TorchAdamW(
         learning_rate=learning_rate,
         weight_decay=config.weight_decay,
+        epsilon=config.adam_epsilon,
         global_clipnorm=config.clipnorm or None,
         gradient_accumulation_steps=accumulate,
     )
@@ -430,8 +437,6 @@ def check_output_dir(config: TrainConfig, out: Path) -> bool:
             )
         return False
     if config.overwrite:
-        import shutil
-
         shutil.rmtree(out)
         return False
     previous = json.loads(run_file.read_text())
@@ -487,8 +492,6 @@ def train(config: TrainConfig, print_fn=print) -> TrainResult:
     backup = out / ("backup" if chief else f"backup-worker{task}")
     resuming = check_output_dir(config, out) if chief else False
     if not chief:
-        import tempfile
-
         out = Path(tempfile.mkdtemp(prefix=f"keras-gpt-worker{task}-"))
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
@@ -642,10 +645,14 @@ def train(config: TrainConfig, print_fn=print) -> TrainResult:
         for f in dataclasses.fields(result)
         if f.name != "model"
     }
-    with atomic_file(out / "summary.json") as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=2))
     if chief:
+        with atomic_file(out / "summary.json") as tmp:
+            Path(tmp).write_text(json.dumps(summary, indent=2))
         print_fn(result.summary_line())
+    else:
+        # A non-chief's files were scratch; its backup stays in output_dir.
+        shutil.rmtree(out, ignore_errors=True)
+        result.output_dir = config.output_dir
     return result
 
 

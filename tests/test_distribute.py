@@ -115,7 +115,7 @@ def test_gradient_accumulation_equals_a_larger_batch():
     big = train(None, 4)
     accumulated = train(2, 2)
     for a, b in zip(big, accumulated, strict=True):
-        np.testing.assert_allclose(a, b, atol=2e-6)
+        np.testing.assert_allclose(a, b, atol=1e-5)  # float32 summation order
     # And it differs from two plain steps of batch 2.
     plain = train(None, 2)
     assert max(np.abs(a - b).max() for a, b in zip(big, plain, strict=True)) > 1e-4
@@ -173,6 +173,8 @@ def start_workers(tmp_path, extra, corpus="tinyshakespeare"):
     cfg = tmp_path / "micro.json"
     cfg.write_text(json.dumps(MICRO))
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    scratch = tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
     procs = []
     for i in range(2):
         env = {
@@ -181,6 +183,7 @@ def start_workers(tmp_path, extra, corpus="tinyshakespeare"):
                 {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
             ),
             "PYTHONUNBUFFERED": "1",
+            "TMPDIR": str(scratch),  # where a non-chief keeps its scratch files
         }
         cmd = [
             sys.executable,
@@ -228,6 +231,8 @@ def test_multi_worker_two_processes_train_and_chief_checkpoint_loads(
     lm = kgs.GPTCausalLM.from_preset(str(run / "last"))
     assert lm.backbone.hidden_dim == 32
     assert not any(p.name.startswith("keras-gpt-worker") for p in run.iterdir())
+    assert not [p for p in (tmp_path / "tmp").iterdir() if "keras-gpt" in p.name]
+    assert not (run / "backup").exists() and not (run / "backup-worker1").exists()
 
 
 @pytest.mark.slow

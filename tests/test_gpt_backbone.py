@@ -200,3 +200,42 @@ def test_book_config_uses_pytorch_default_initialisation():
     assert clone.init == "torch"
     with pytest.raises(ValueError, match="init must be"):
         kgs.GPTBackbone(**TINY, init="xavier")
+
+
+@pytest.mark.parametrize("init", ["gpt2", "torch"])
+def test_no_two_weights_start_from_the_same_draw(init):
+    # One Keras initializer instance gives the same values to every weight
+    # of a shape; each weight must get its own draw (this slowed training).
+    def build():
+        keras.utils.set_random_seed(7)
+        backbone = kgs.GPTBackbone(
+            vocabulary_size=300,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            max_sequence_length=300,
+            tie_weights=False,
+            init=init,
+        )
+        return {w.path: keras.ops.convert_to_numpy(w) for w in backbone.weights}
+
+    weights = build()
+    random = {
+        path: value
+        for path, value in weights.items()
+        if not path.endswith(("scale", "shift", "bias"))
+    }
+    assert len(random) == 3 + 2 * 6  # embeddings, head, 6 kernels per block
+    paths = sorted(random)
+    for i, a in enumerate(paths):
+        for b in paths[i + 1 :]:
+            if random[a].shape == random[b].shape:
+                assert not np.allclose(random[a], random[b]), (a, b)
+    # Rows shared by the token and position tables differ too.
+    assert not np.allclose(
+        random["token_embedding/embeddings"], random["position_embedding/embeddings"]
+    )
+    # And the global seed still makes the draw reproducible.
+    again = build()
+    for path, value in weights.items():
+        np.testing.assert_array_equal(value, again[path])

@@ -225,3 +225,40 @@ def test_fine_tune_from_a_saved_preset(data_dir, tmp_path):
     # Starts from the saved weights, not from scratch: the first loss is the
     # base model's, and training only moves it a little in 2 steps.
     assert abs(result.val_loss - before.loss) < 0.5
+
+
+def test_adamw_follows_pytorch_on_tiny_gradients():
+    # The book trains with torch.optim.AdamW. Gradients of rarely seen
+    # vocabulary rows are ~1e-6; Keras' epsilon placement shrinks their first
+    # steps several-fold, which slowed the book's chapter-5 run.
+    torch = pytest.importorskip("torch")
+    grads = np.array([1e-6, -3e-6, 2e-5, 1e-3], "float32")
+    start = np.array([0.5, -0.25, 1.0, 2.0], "float32")
+    cfg = training.TrainConfig(lr_schedule="constant", learning_rate=4e-4)
+    opt = training.make_optimizer(cfg, total_steps=10)
+    var = keras.Variable(start, name="kernel")
+    t_var = torch.nn.Parameter(torch.tensor(start))
+    t_opt = torch.optim.AdamW([t_var], lr=4e-4, weight_decay=0.1)
+    for step in range(1, 4):
+        g = grads * step
+        opt.apply_gradients([(keras.ops.convert_to_tensor(g), var)])
+        t_var.grad = torch.tensor(g)
+        t_opt.step()
+    moved, t_moved = var.numpy() - start, t_var.detach().numpy() - start
+    assert isinstance(opt, kgs.TorchAdamW)
+    np.testing.assert_allclose(moved, t_moved, rtol=1e-3)
+    # Keras' own default would move the 1e-6 gradient's weight far less.
+    keras_default = keras.optimizers.AdamW(learning_rate=4e-4, weight_decay=0.1)
+    other = keras.Variable(start, name="kernel")
+    keras_default.apply_gradients([(keras.ops.convert_to_tensor(grads), other)])
+    assert abs(other.numpy()[0] - start[0]) < 0.5 * abs(t_moved[0])
+
+
+def test_torch_adamw_round_trips_through_keras_serialization():
+    opt = kgs.TorchAdamW(learning_rate=1e-3, weight_decay=0.05, global_clipnorm=1.0)
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert type(restored) is kgs.TorchAdamW
+    assert restored.epsilon == 1e-8 and restored.weight_decay == 0.05
+    assert restored.global_clipnorm == 1.0
+    with pytest.raises(ValueError, match="amsgrad"):
+        kgs.TorchAdamW(amsgrad=True)

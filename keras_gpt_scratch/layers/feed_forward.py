@@ -1,6 +1,7 @@
 import keras
 
 from keras_gpt_scratch.layers.gelu import GELU
+from keras_gpt_scratch.layers.init_utils import clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
@@ -46,7 +47,7 @@ class FeedForward(keras.layers.Layer):
         # === Layers ===
         self.intermediate_dense = keras.layers.Dense(
             inner,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name="intermediate_dense",
         )
@@ -59,7 +60,7 @@ class FeedForward(keras.layers.Layer):
         self.activation.build((*input_shape[:-1], inner))
         self.output_dense = keras.layers.Dense(
             hidden_dim,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name="output_dense",
         )

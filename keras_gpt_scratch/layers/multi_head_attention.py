@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_gpt_scratch.layers.attention_utils import attend, causal_mask
+from keras_gpt_scratch.layers.init_utils import clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
@@ -83,7 +84,7 @@ class MultiHeadAttention(keras.layers.Layer):
             dense = keras.layers.Dense(
                 hidden_dim,
                 use_bias=bias,
-                kernel_initializer=self.kernel_initializer,
+                kernel_initializer=clone_initializer(self.kernel_initializer),
                 dtype=self.dtype_policy,
                 name=name,
             )

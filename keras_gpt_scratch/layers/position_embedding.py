@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_gpt_scratch.layers.init_utils import clone_initializer
+
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
 class PositionEmbedding(keras.layers.Layer):
@@ -38,7 +40,7 @@ class PositionEmbedding(keras.layers.Layer):
         self.embeddings = self.add_weight(
             name="embeddings",
             shape=(self.sequence_length, input_shape[-1]),
-            initializer=self.initializer,
+            initializer=clone_initializer(self.initializer),
         )
 
     def call(self, inputs, start_index=0):

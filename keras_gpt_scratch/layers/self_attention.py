@@ -1,6 +1,7 @@
 import keras
 
 from keras_gpt_scratch.layers.attention_utils import attend
+from keras_gpt_scratch.layers.init_utils import clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
@@ -49,7 +50,7 @@ class SelfAttention(keras.layers.Layer):
             dense = keras.layers.Dense(
                 self.output_dim,
                 use_bias=self.qkv_bias,
-                kernel_initializer=self.kernel_initializer,
+                kernel_initializer=clone_initializer(self.kernel_initializer),
                 dtype=self.dtype_policy,
                 name=name,
             )

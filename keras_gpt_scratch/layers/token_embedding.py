@@ -4,6 +4,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_gpt_scratch.layers.init_utils import clone_initializer
+
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
 class TokenEmbedding(keras.layers.Embedding):
@@ -57,7 +59,9 @@ class TokenEmbedding(keras.layers.Embedding):
         super().__init__(
             input_dim=vocabulary_size,
             output_dim=hidden_dim,
-            embeddings_initializer=embeddings_initializer,
+            embeddings_initializer=clone_initializer(
+                keras.initializers.get(embeddings_initializer)
+            ),
             **kwargs,
         )
         self.tie_weights = tie_weights
@@ -75,7 +79,7 @@ class TokenEmbedding(keras.layers.Embedding):
             self.reverse_embeddings = self.add_weight(
                 name="reverse_embeddings",
                 shape=(self.output_dim, self.input_dim),
-                initializer=self.head_initializer,
+                initializer=clone_initializer(self.head_initializer),
             )
 
     def call(self, inputs, reverse: bool = False):

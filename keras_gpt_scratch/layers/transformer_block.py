@@ -1,6 +1,7 @@
 import keras
 
 from keras_gpt_scratch.layers.feed_forward import FeedForward
+from keras_gpt_scratch.layers.init_utils import clone_initializer
 from keras_gpt_scratch.layers.layer_norm import LayerNorm
 from keras_gpt_scratch.layers.multi_head_attention import MultiHeadAttention
 
@@ -73,7 +74,7 @@ class TransformerBlock(keras.layers.Layer):
             self.num_heads,
             dropout=self.dropout,
             qkv_bias=self.qkv_bias,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name="attention",
         )
@@ -90,7 +91,7 @@ class TransformerBlock(keras.layers.Layer):
         self.feed_forward = FeedForward(
             self.intermediate_dim,
             approximate_gelu=self.approximate_gelu,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name="feed_forward",
         )

@@ -13,6 +13,7 @@ from keras_gpt_scratch.models.gpt_backbone import GPTBackbone
 from keras_gpt_scratch.models.gpt_causal_lm_preprocessor import (
     GPTCausalLMPreprocessor,
 )
+from keras_gpt_scratch.optimizers import TorchAdamW
 
 # Never decay LayerNorm parameters, biases or embeddings (GPT-2 / nanoGPT).
 NO_WEIGHT_DECAY = ["bias", "scale", "shift", "embeddings"]
@@ -81,13 +82,14 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
         """Configure training and generation, with defaults for pretraining.
 
         Unlike keras_hub's fine-tuning default (Adam at 2e-5), `"auto"` gives
-        AdamW at 4e-4 with weight decay 0.1 (not on LayerNorm parameters,
-        biases or embeddings) and global gradient clipping at 1.0: a setting
+        AdamW at 4e-4 (`TorchAdamW`: PyTorch's update, as in the book) with
+        weight decay 0.1 (not on LayerNorm parameters, biases or
+        embeddings) and global gradient clipping at 1.0: a setting
         that trains a GPT from scratch. Other arguments are keras_hub's
         `CausalLM.compile` arguments, including `sampler`.
         """
         if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(
+            optimizer = TorchAdamW(
                 learning_rate=4e-4, weight_decay=0.1, global_clipnorm=1.0
             )
             optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)

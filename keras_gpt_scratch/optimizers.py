@@ -1,0 +1,54 @@
+"""`TorchAdamW`: Keras' AdamW with PyTorch's epsilon, as the book trains."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_gpt_scratch")
+class TorchAdamW(keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` with the update of `torch.optim.AdamW`.
+
+    The two differ only in where epsilon goes. PyTorch divides by
+    `sqrt(v / (1 - beta_2**t)) + epsilon`; Keras by `sqrt(v) + epsilon` and
+    rescales the step, which amounts to PyTorch with epsilon multiplied by
+    `1 / sqrt(1 - beta_2**t)`: 32x at the first step, 3x after 100. That
+    matters for the many tiny gradients of a 50,257-row head and embedding:
+    with Keras' update the book's chapter-5 run memorised The Verdict
+    visibly more slowly than the book's PyTorch code (issue #10).
+    Everything else (decoupled weight decay, its exclusions, clipping,
+    gradient accumulation, EMA, schedules) is Keras' own.
+
+    Args:
+        epsilon: PyTorch's default 1e-8.
+        **kwargs: as for `keras.optimizers.AdamW`.
+
+    Example:
+    ```python
+    optimizer = TorchAdamW(learning_rate=4e-4, weight_decay=0.1)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "scale", "shift"])
+    ```
+    """
+
+    def __init__(self, *args, epsilon: float = 1e-8, **kwargs):
+        if kwargs.get("amsgrad"):
+            raise ValueError("TorchAdamW does not support amsgrad; use AdamW.")
+        super().__init__(*args, epsilon=epsilon, **kwargs)
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        step = ops.cast(self.iterations + 1, variable.dtype)
+        beta_1_power = ops.power(ops.cast(self.beta_1, variable.dtype), step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, variable.dtype), step)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(
+            v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2)
+        )
+        # torch: p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
+        denominator = ops.add(ops.sqrt(ops.divide(v, 1 - beta_2_power)), self.epsilon)
+        step_size = lr / (1 - beta_1_power)
+        self.assign_sub(variable, ops.divide(ops.multiply(m, step_size), denominator))
