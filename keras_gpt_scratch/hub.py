@@ -719,6 +719,36 @@ def _may_write_card(api, repo_id: str, revision: str | None) -> bool:
     return CARD_MARKER in Path(path).read_text(encoding="utf-8", errors="replace")
 
 
+def _stage_and_upload(
+    write,
+    repo_id,
+    private,
+    token,
+    commit_message,
+    revision,
+    metadata,
+    card_source=None,
+):
+    """Stage a preset with `write(folder)` in a temporary folder; upload it.
+
+    The user's own preset directory is never modified (the stamp and the
+    model card go into the staged copy).
+    """
+    with tempfile.TemporaryDirectory(prefix="keras-gpt-push-") as staging:
+        folder = os.path.join(staging, "preset")
+        write(folder)
+        return _upload(
+            folder,
+            repo_id,
+            private,
+            token,
+            commit_message,
+            revision,
+            metadata,
+            card_source=card_source or folder,
+        )
+
+
 def push_preset_to_hub(
     preset_dir: str | os.PathLike,
     repo_id: str,
@@ -764,19 +794,16 @@ def push_preset_to_hub(
     repo_id, _ = parse_repo_id(repo_id)  # bad ids fail before any file check
     _check_local_preset(preset_dir)
     repo_id, revision = _preflight_push(repo_id, revision, token)
-    with tempfile.TemporaryDirectory(prefix="keras-gpt-push-") as staging:
-        folder = os.path.join(staging, "preset")
-        shutil.copytree(preset_dir, folder)
-        return _upload(
-            folder,
-            repo_id,
-            private,
-            token,
-            commit_message,
-            revision,
-            metadata,
-            card_source=preset_dir,
-        )
+    return _stage_and_upload(
+        lambda folder: shutil.copytree(preset_dir, folder),
+        repo_id,
+        private,
+        token,
+        commit_message,
+        revision,
+        metadata,
+        card_source=preset_dir,
+    )
 
 
 def push_to_hub(
@@ -799,19 +826,15 @@ def push_to_hub(
     ```
     """
     repo_id, revision = _preflight_push(repo_id, revision, token)
-    with tempfile.TemporaryDirectory(prefix="keras-gpt-push-") as staging:
-        folder = os.path.join(staging, "preset")
-        model.save_to_preset(folder)
-        return _upload(
-            folder,
-            repo_id,
-            private,
-            token,
-            commit_message,
-            revision,
-            metadata,
-            card_source=folder,
-        )
+    return _stage_and_upload(
+        model.save_to_preset,
+        repo_id,
+        private,
+        token,
+        commit_message,
+        revision,
+        metadata,
+    )
 
 
 # === Pull ===

@@ -144,17 +144,7 @@ class GPTCausalLMPreprocessor(CausalLMPreprocessor):
         """
         if isinstance(preset, os.PathLike):
             preset = os.fspath(preset)
-        specs = gpt_presets.builtin_presets()
-        if isinstance(preset, str) and preset in specs:
-            config = dict(specs[preset].get("preprocessor") or {})
-            config.update(kwargs)
-            if "tokenizer" not in config:
-                config["tokenizer"] = GPTTokenizer.from_preset(preset)
-            return cls(**config)
-        if (
-            isinstance(preset, str)
-            and "://" not in preset
-            and not os.path.isdir(preset)
-        ):
-            raise gpt_presets.unknown_preset_error(preset)
+        if isinstance(preset, str) and preset in gpt_presets.builtin_presets():
+            return gpt_presets.preprocessor_from_builtin(cls, preset, **kwargs)
+        gpt_presets.check_known_preset(preset)
         return super().from_preset(preset, **kwargs)

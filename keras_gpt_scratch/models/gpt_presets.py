@@ -40,6 +40,25 @@ def unknown_preset_error(preset) -> ValueError:
     )
 
 
+def check_known_preset(preset) -> None:
+    """Refuse a local name that is neither built in nor a directory.
+
+    Call after the built-in names are handled; `hf://` and other handles
+    pass through to keras_hub.
+    """
+    if isinstance(preset, str) and "://" not in preset and not os.path.isdir(preset):
+        raise unknown_preset_error(preset)
+
+
+def preprocessor_from_builtin(cls, name: str, **kwargs):
+    """A preprocessor (`cls`) with a built-in preset's settings and tokenizer."""
+    config = dict(builtin_presets()[name].get("preprocessor") or {})
+    config.update(kwargs)
+    if "tokenizer" not in config:
+        config["tokenizer"] = cls.tokenizer_cls.from_preset(name)
+    return cls(**config)
+
+
 def check_preset_dir(path: str, load_weights: bool = True) -> None:
     """Raise an error naming the file if a preset directory is incomplete."""
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -134,9 +153,8 @@ class PresetMixin:
             return weights.from_gpt2_checkpoint(
                 cls, preset, load_weights=load_weights, **kwargs
             )
+        check_known_preset(preset)
         if "://" not in preset:
-            if not os.path.isdir(preset):
-                raise unknown_preset_error(preset)
             check_preset_dir(preset, load_weights)
         return cls._keras_hub_from_preset(preset, load_weights=load_weights, **kwargs)
 

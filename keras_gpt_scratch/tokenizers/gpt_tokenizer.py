@@ -607,12 +607,7 @@ class GPTTokenizer(Tokenizer):
             preset = os.fspath(preset)
         if isinstance(preset, str) and preset in gpt_presets.builtin_presets():
             return cls(**kwargs)
-        if (
-            isinstance(preset, str)
-            and "://" not in preset
-            and not os.path.isdir(preset)
-        ):
-            raise gpt_presets.unknown_preset_error(preset)
+        gpt_presets.check_known_preset(preset)
         return super().from_preset(preset, **kwargs)
 
     @property
