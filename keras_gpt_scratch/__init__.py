@@ -17,6 +17,7 @@ from keras_gpt_scratch.layers import (  # noqa: E402
     TokenEmbedding,
     TransformerBlock,
 )
+from keras_gpt_scratch.losses import CrossEntropy  # noqa: E402
 from keras_gpt_scratch.models.gpt_backbone import GPTBackbone  # noqa: E402
 from keras_gpt_scratch.models.gpt_causal_lm import GPTCausalLM  # noqa: E402
 from keras_gpt_scratch.models.gpt_causal_lm_preprocessor import (  # noqa: E402
@@ -32,6 +33,7 @@ from keras_gpt_scratch.tokenizers import GPTTokenizer, SimpleTokenizer  # noqa: 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CrossEntropy",
     "GELU",
     "CausalSelfAttention",
     "FeedForward",

@@ -172,13 +172,7 @@ def stream(
             f"length is {limit}, so nothing can follow it. Shorten the prompt."
         )
     total = min(len(prompt_ids) + max_new_tokens, limit)
-    b = lm.backbone
-    cache = tuple(
-        tf.zeros(
-            [1, 2, total, b.num_heads, b.hidden_dim // b.num_heads], lm.compute_dtype
-        )
-        for _ in range(b.num_layers)
-    )
+    cache = lm.empty_cache(1, total)
     step = _step_function(lm)
     rng = np.random.default_rng(seed)
     logits, cache = step(tf.constant([prompt_ids], "int32"), cache, tf.constant(0))

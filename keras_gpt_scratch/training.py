@@ -30,6 +30,7 @@ from keras_gpt_scratch.backup import RunBackup, agree_on_epoch, backed_up_epochs
 from keras_gpt_scratch.data import corpora
 from keras_gpt_scratch.data.sliding_window import create_dataset, num_windows
 from keras_gpt_scratch.io_utils import atomic_file
+from keras_gpt_scratch.losses import CrossEntropy
 from keras_gpt_scratch.models import gpt_presets
 from keras_gpt_scratch.models.gpt_backbone import BOOK_CONFIG_KEYS, GPTBackbone
 from keras_gpt_scratch.models.gpt_causal_lm import NO_WEIGHT_DECAY, GPTCausalLM
@@ -550,7 +551,7 @@ def train(config: TrainConfig, print_fn=print) -> TrainResult:
     with strategy.scope():
         lm.compile(
             optimizer=make_optimizer(config, total_steps),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            loss=CrossEntropy(),
             weighted_metrics=[],
             sampler=keras_hub.samplers.TopKSampler(k=40, seed=config.seed),
             jit_compile=config.jit_compile,

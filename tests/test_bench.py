@@ -86,3 +86,18 @@ def test_plan_alternates_contenders_and_skips_torch_when_missing():
     assert jobs["generate_b1"] == ["ours", "ours_int8", "keras_hub"]
     jobs = dict(bench.plan(["train_tiny"], torch_ok=True))
     assert jobs["train_tiny"][-1] == "transformers"
+
+
+def test_loss_case_is_reported_as_a_ratio_not_in_the_table():
+    results = {
+        "loss": {
+            "ours": [{"ms": 150.0, "tokens": 4096, "peak_rss_mb": 2000.0}],
+            "keras": [{"ms": 600.0, "tokens": 4096, "peak_rss_mb": 1900.0}],
+        }
+    }
+    table = bench.render(bench.summarise(results))
+    assert "| loss |" not in table
+    assert "kgs.CrossEntropy 150 ms" in table
+    assert "SparseCategoricalCrossentropy 600 ms" in table
+    assert "4.00x" in table
+    assert ("loss", ["ours", "keras"]) in bench.plan(["loss"], torch_ok=True)

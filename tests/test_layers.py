@@ -97,6 +97,83 @@ def test_gelu_matches_numpy(approximate):
     np.testing.assert_allclose(kgs.GELU(approximate)(x), expected, atol=1e-5)
 
 
+def numeric_grad(f, x, upstream, eps=1e-2):
+    """Central differences of sum(f(x) * upstream), in float64."""
+    grad = np.zeros_like(x, dtype="float64")
+    flat = grad.reshape(-1)
+    for i in range(x.size):
+        d = np.zeros(x.size)
+        d[i] = eps
+        d = d.reshape(x.shape)
+        plus = (f(x + d) * upstream).sum()
+        minus = (f(x - d) * upstream).sum()
+        flat[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("approximate", [True, False])
+def test_gelu_gradient_matches_finite_differences(approximate):
+    # The backward pass is a hand-written derivative (layers/fusion.py).
+    x = np.linspace(-4, 4, 33).astype("float64")
+    up = rand(33).astype("float64")
+    if approximate:
+        ref = np_gelu_tanh
+    else:
+        erf = np.vectorize(math.erf)
+
+        def ref(v):
+            return 0.5 * v * (1 + erf(v / math.sqrt(2)))
+
+    gelu = kgs.GELU(approximate)
+
+    def grad(xt):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = gelu(xt)
+        return tape.gradient(y, xt, output_gradients=tf.constant(up, "float32"))
+
+    xt = tf.constant(x.astype("float32"))
+    expected = numeric_grad(ref, x, up, 1e-4)
+    # In a graph the fused XLA pair runs; eagerly, plain ops (layers/fusion.py).
+    np.testing.assert_allclose(tf.function(grad)(xt), expected, atol=1e-4)
+    np.testing.assert_allclose(grad(xt), expected, atol=1e-4)
+
+
+def test_layer_norm_gradients_match_finite_differences():
+    x = (rand(2, 3, 6) * 2 + 0.5).astype("float64")
+    up = rand(2, 3, 6).astype("float64")
+    ln = kgs.LayerNorm()
+    ln.build(x.shape)
+    randomize(ln)
+    scale, shift = (
+        ln.scale.numpy().astype("float64"),
+        ln.shift.numpy().astype("float64"),
+    )
+    xt = tf.constant(x.astype("float32"))
+
+    @tf.function  # the fused XLA pair runs in graphs (layers/fusion.py)
+    def grads(xt):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = ln(xt)
+        return tape.gradient(
+            y, [xt, ln.scale, ln.shift], output_gradients=tf.constant(up, "float32")
+        )
+
+    dx, dscale, dshift = grads(xt)
+    np.testing.assert_allclose(
+        dx,
+        numeric_grad(lambda v: np_layer_norm(v, scale, shift), x, up, 1e-4),
+        atol=1e-3,
+    )
+    np.testing.assert_allclose(
+        dscale,
+        numeric_grad(lambda s: np_layer_norm(x, s, shift), scale, up, 1e-4),
+        atol=1e-3,
+    )
+    np.testing.assert_allclose(dshift, up.sum((0, 1)), atol=1e-5)
+
+
 def test_gelu_forms_differ():
     x = np.array([1.5], "float32")
     assert abs(float(kgs.GELU(True)(x)[0]) - float(kgs.GELU(False)(x)[0])) > 1e-5
@@ -174,6 +251,23 @@ def test_multi_head_attention_cache_matches_full_pass():
     for i in (4, 5):
         out, cache = mha(x[:, i : i + 1], cache=cache, cache_update_index=i)
         np.testing.assert_allclose(out[:, 0], full[:, i], atol=1e-5)
+
+
+def test_multi_head_attention_pair_cache_equals_stacked_cache():
+    x = rand(2, 6, 8)
+    mha = kgs.MultiHeadAttention(num_heads=2)
+    full = mha(x)
+    stacked = np.zeros((2, 2, 6, 2, 4), "float32")  # keras_hub's (B, 2, S, H, D)
+    pair = (np.zeros((2, 2, 6, 4), "float32"),) * 2  # ours: (B, H, S, D) each
+    out_s, stacked = mha(x[:, :5], cache=stacked, cache_update_index=0)
+    out_p, pair = mha(x[:, :5], cache=pair, cache_update_index=0)
+    assert stacked.shape == (2, 2, 6, 2, 4) and isinstance(pair, tuple)
+    # The same keys, in the two layouts.
+    np.testing.assert_allclose(np.transpose(pair[0], (0, 2, 1, 3)), stacked[:, 0])
+    out_s, _ = mha(x[:, 5:], cache=stacked, cache_update_index=5)
+    out_p, _ = mha(x[:, 5:], cache=pair, cache_update_index=5)
+    np.testing.assert_allclose(out_p, out_s, atol=1e-6)
+    np.testing.assert_allclose(out_p[:, 0], full[:, 5], atol=1e-5)
 
 
 def test_multi_head_attention_heads_must_divide_width():

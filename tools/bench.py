@@ -22,6 +22,13 @@ Cases:
                 with int8 weights
     pipeline    tokens/s of the sliding-window tf.data loader (Tiny
                 Shakespeare, context 1024, stride 8, batch 8)
+    loss        forward + backward of the loss alone on 4,096 x 50,257
+                logits: kgs.CrossEntropy against Keras'
+                SparseCategoricalCrossentropy(from_logits=True)
+
+Training uses the same optimizer (Keras AdamW) for every Keras contender and
+each model's own default loss; tokens/s is batch tokens over the median step
+time (the first, tracing step excluded).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import time
 RESULT_TAG = "BENCH_RESULT "
 GPT2_124M = dict(vocab=50257, layers=12, heads=12, hidden=768, context=1024)
 GPT_TINY = dict(vocab=50257, layers=4, heads=4, hidden=256, context=256)
-CASES = ("limits", "train_124m", "train_tiny", "generate", "pipeline")
+CASES = ("limits", "train_124m", "train_tiny", "generate", "pipeline", "loss")
 
 
 # === Workers (each runs in its own process) ===
@@ -126,20 +133,27 @@ def _keras_train(contender: str, g: dict, batch: int, context: int, steps: int):
             dropout=0.0,
         )
         lm = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
-    lm.compile(
-        optimizer=keras.optimizers.AdamW(1e-4),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=[],
-    )
+    # The same optimizer for both; each model's own default loss ("auto":
+    # ours is kgs.CrossEntropy, keras_hub's is SparseCategoricalCrossentropy).
+    lm.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="auto", weighted_metrics=[])
     rng = np.random.default_rng(0)
     ids = rng.integers(0, g["vocab"], (batch * 4, context + 1)).astype("int32")
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones_like(ids[:, :-1])}
     ds = tf.data.Dataset.from_tensor_slices((x, ids[:, 1:]))
     ds = ds.batch(batch, drop_remainder=True).repeat().prefetch(2)
-    lm.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace + warm up
-    t = time.perf_counter()
-    lm.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    return steps * batch * context / (time.perf_counter() - t)
+
+    class StepTimes(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    # Steps are timed one by one: fit() itself can take seconds to return
+    # after its last step (seen with both models), which is not training.
+    times: list[float] = []
+    lm.fit(ds, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[StepTimes()])
+    return batch * context / statistics.median(times[1:])  # step 1 traces
 
 
 def _torch_train(g: dict, batch: int, context: int, steps: int):
@@ -163,17 +177,16 @@ def _torch_train(g: dict, batch: int, context: int, steps: int):
     ids = torch.randint(0, g["vocab"], (batch, context))
 
     def step():
+        t = time.perf_counter()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
 
-    for _ in range(2):
-        step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch * context / (time.perf_counter() - t)
+    step()
+    times = [step() for _ in range(steps)]
+    return batch * context / statistics.median(times)
 
 
 def worker_train(contender: str, which: str, quick: bool) -> dict:
@@ -279,6 +292,43 @@ def worker_generate(contender: str, batch: int, quick: bool) -> dict:
     return {"tokens_per_s": tps, "first_call_s": first, "peak_rss_mb": _peak_rss_mb()}
 
 
+def worker_loss(contender: str, quick: bool) -> dict:
+    """Forward and backward of the loss alone, on gpt_tiny's 16 x 256 tokens."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_gpt_scratch as kgs
+
+    n, vocab = (1024 if quick else 4096), GPT_TINY["vocab"]
+    rng = np.random.default_rng(0)
+    logits = tf.Variable(rng.normal(size=(n, vocab)).astype("float32"))
+    labels = tf.constant(rng.integers(0, vocab, n).astype("int32"))
+    loss_fn = (
+        kgs.CrossEntropy()
+        if contender == "ours"
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, logits)
+        return loss, tape.gradient(loss, logits)
+
+    step()
+    times = []
+    for _ in range(3 if quick else 10):
+        t = time.perf_counter()
+        step()[1].numpy()
+        times.append(time.perf_counter() - t)
+    return {
+        "ms": 1e3 * statistics.median(times),
+        "tokens": n,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
 def worker_pipeline(quick: bool) -> dict:
     import keras_gpt_scratch as kgs
 
@@ -313,6 +363,8 @@ def run_worker(args) -> None:
         out = worker_generate(args.contender, int(args.worker[10:]), args.quick)
     elif args.worker == "pipeline":
         out = worker_pipeline(args.quick)
+    elif args.worker == "loss":
+        out = worker_loss(args.contender, args.quick)
     else:
         raise SystemExit(f"unknown worker case {args.worker}")
     print(RESULT_TAG + json.dumps(out), flush=True)
@@ -361,6 +413,8 @@ def plan(cases, torch_ok: bool):
             jobs.append((case, [case]))
         elif case.startswith("train"):
             jobs.append((case, peers))
+        elif case == "loss":
+            jobs.append((case, ["ours", "keras"]))
         elif case == "generate":
             for b in (1, 8):
                 jobs.append((f"generate_b{b}", ["ours", "ours_int8"] + peers[1:]))
@@ -476,7 +530,7 @@ def render(summary: dict) -> str:
     header = "| case | contender | tokens/s | vs keras_hub | first call s | peak RSS MB | MFU / of bound |"
     lines += ["", header, "|---|---|---|---|---|---|---|"]
     for case, rows in summary.items():
-        if case in ("limits", "pipeline"):
+        if case in ("limits", "pipeline", "loss"):
             continue
         for contender, row in rows.items():
             frac = row.get("mfu", row.get("fraction_of_bound"))
@@ -485,6 +539,17 @@ def render(summary: dict) -> str:
                 f"{_fmt(row.get('vs_keras_hub'), '.2f')} | {_fmt(row.get('first_call_s'), '.1f')} | "
                 f"{_fmt(row.get('peak_rss_mb'), ',.0f')} | {_fmt(frac, '.0%')} |"
             )
+    if "loss" in summary:
+        ours, keras_ = summary["loss"]["ours"], summary["loss"]["keras"]
+        lines.append("")
+        lines.append(
+            f"loss, forward + backward over {int(ours['tokens']):,} x 50,257 logits: "
+            f"kgs.CrossEntropy {_fmt(ours['ms'], ',.0f')} ms (peak RSS "
+            f"{_fmt(ours['peak_rss_mb'], ',.0f')} MB), Keras "
+            f"SparseCategoricalCrossentropy {_fmt(keras_['ms'], ',.0f')} ms "
+            f"({_fmt(keras_['peak_rss_mb'], ',.0f')} MB): "
+            f"{_fmt(keras_['ms'] / ours['ms'], '.2f')}x"
+        )
     if "pipeline" in summary:
         p = summary["pipeline"]["pipeline"]
         lines.append("")
@@ -509,7 +574,11 @@ def markdown(meta: dict, table: str) -> str:
         "Each contender ran in its own process, alternating within rounds; the "
         "figures are medians over rounds. MFU = tokens/s x (6 x matmul parameters "
         "+ 12 L C T) / the TF+oneDNN matmul peak measured in the same run. "
-        "The generation bound is batch x bandwidth / weight bytes.\n\n"
+        "The generation bound is batch x bandwidth / weight bytes. Training: "
+        "Keras AdamW (1e-4) for both Keras models with each model's own default "
+        "loss (ours: kgs.CrossEntropy; keras_hub: SparseCategoricalCrossentropy), "
+        "dropout 0; tokens/s is batch tokens over the median step time, the "
+        "first (tracing) step excluded.\n\n"
         f"{table}\n"
     )
 

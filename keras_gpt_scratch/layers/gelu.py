@@ -3,6 +3,36 @@ import math
 import keras
 from keras import ops
 
+from keras_gpt_scratch.layers.fusion import fused
+
+_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x):
+    """GPT-2's GELU, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`."""
+    return 0.5 * x * (1.0 + ops.tanh(_C * (x + 0.044715 * x * x * x)))
+
+
+def _gelu_tanh_grad(x, dy):
+    # d/dx of gelu_tanh, from x alone: nothing else is kept for backward.
+    t = ops.tanh(_C * (x + 0.044715 * x * x * x))
+    dt = _C * (1.0 + 3.0 * 0.044715 * x * x)
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dt)
+
+
+def gelu_erf(x):
+    """The exact GELU, `0.5 x (1 + erf(x / sqrt(2)))`."""
+    return 0.5 * x * (1.0 + ops.erf(x / math.sqrt(2.0)))
+
+
+def _gelu_erf_grad(x, dy):
+    pdf = ops.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return dy * (0.5 * (1.0 + ops.erf(x / math.sqrt(2.0))) + x * pdf)
+
+
+_fused_gelu_tanh = fused(gelu_tanh, _gelu_tanh_grad)
+_fused_gelu_erf = fused(gelu_erf, _gelu_erf_grad)
+
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
 class GELU(keras.layers.Layer):
@@ -32,11 +62,11 @@ class GELU(keras.layers.Layer):
         self.approximate = approximate
 
     def call(self, inputs):
-        x = inputs
+        # The formulas are `gelu_tanh` and `gelu_erf` above; `fused` runs
+        # each as one XLA pass with its derivative (see layers/fusion.py).
         if self.approximate:
-            c = math.sqrt(2.0 / math.pi)
-            return 0.5 * x * (1.0 + ops.tanh(c * (x + 0.044715 * x * x * x)))
-        return 0.5 * x * (1.0 + ops.erf(x / math.sqrt(2.0)))
+            return _fused_gelu_tanh(inputs)
+        return _fused_gelu_erf(inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -1,6 +1,36 @@
 import keras
 from keras import ops
 
+from keras_gpt_scratch.layers.fusion import fused
+
+
+def layer_norm(x, scale, shift, epsilon):
+    """`scale * (x - mean) / sqrt(var + epsilon) + shift` over the last axis,
+    with float32 statistics (all inputs are float32 here)."""
+    mean = ops.mean(x, axis=-1, keepdims=True)
+    var = ops.var(x, axis=-1, keepdims=True)  # biased, as GPT-2
+    return (x - mean) * ops.rsqrt(var + epsilon) * scale + shift
+
+
+def _layer_norm_grad(x, scale, shift, epsilon, dy):
+    # Recomputes the statistics from x, so only the inputs are kept.
+    mean = ops.mean(x, axis=-1, keepdims=True)
+    rstd = ops.rsqrt(ops.var(x, axis=-1, keepdims=True) + epsilon)
+    x_hat = (x - mean) * rstd
+    g = dy * scale
+    dx = rstd * (
+        g
+        - ops.mean(g, axis=-1, keepdims=True)
+        - x_hat * ops.mean(g * x_hat, axis=-1, keepdims=True)
+    )
+    axes = tuple(range(len(x.shape) - 1))
+    dscale = ops.sum(dy * x_hat, axis=axes)
+    dshift = ops.sum(dy, axis=axes)
+    return dx, dscale, dshift, None
+
+
+_fused_layer_norm = fused(layer_norm, _layer_norm_grad)
+
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
 class LayerNorm(keras.layers.Layer):
@@ -39,11 +69,14 @@ class LayerNorm(keras.layers.Layer):
         self.shift = self.add_weight(name="shift", shape=(dim,), initializer="zeros")
 
     def call(self, inputs):
-        x = ops.cast(inputs, "float32")  # statistics in float32, always
-        mean = ops.mean(x, axis=-1, keepdims=True)
-        var = ops.var(x, axis=-1, keepdims=True)  # biased, as GPT-2
-        x = (x - mean) * ops.rsqrt(var + self.epsilon)
-        x = x * ops.cast(self.scale, "float32") + ops.cast(self.shift, "float32")
+        # `layer_norm` above, fused into one XLA pass with its derivative
+        # (layers/fusion.py). Statistics are float32, always.
+        x = _fused_layer_norm(
+            ops.cast(inputs, "float32"),
+            ops.cast(self.scale, "float32"),
+            ops.cast(self.shift, "float32"),
+            ops.convert_to_tensor(self.epsilon, "float32"),
+        )
         return ops.cast(x, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

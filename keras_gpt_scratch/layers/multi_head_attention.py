@@ -31,8 +31,10 @@ class MultiHeadAttention(keras.layers.Layer):
         padding_mask: optional `(batch, sequence)` tensor, 1 for tokens and 0
             for padding; padding keys are never attended to. Ignored when a
             cache is given.
-        cache: optional float tensor `(batch, 2, max_length, num_heads,
-            head_dim)` holding the keys and values of earlier positions.
+        cache: optional keys and values of earlier positions: a pair
+            `(keys, values)` of `(batch, num_heads, max_length, head_dim)`
+            tensors, or keras_hub's stacked `(batch, 2, max_length,
+            num_heads, head_dim)` tensor. It is returned in the form given.
         cache_update_index: int or int tensor. Position of `inputs[:, 0]`.
         training: bool. Apply dropout.
 
@@ -111,21 +113,32 @@ class MultiHeadAttention(keras.layers.Layer):
         k = self._split_heads(self.key(inputs), batch, length)
         v = self._split_heads(self.value(inputs), batch, length)
 
+        q = ops.transpose(q, (0, 2, 1, 3))  # (B, H, T, D)
+        k = ops.transpose(k, (0, 2, 1, 3))  # (B, H, T, D)
+        v = ops.transpose(v, (0, 2, 1, 3))
         if cache is not None:
-            start = [0, cache_update_index, 0, 0]
-            k = ops.slice_update(cache[:, 0], start, k)  # (B, S, H, D)
-            v = ops.slice_update(cache[:, 1], start, v)
-            cache = ops.stack((k, v), axis=1)
-            mask = causal_mask(length, ops.shape(k)[1], cache_update_index)
+            stacked = not isinstance(cache, (tuple, list))
+            if stacked:  # keras_hub's (B, 2, S, H, D) layout
+                cache = tuple(ops.transpose(cache[:, i], (0, 2, 1, 3)) for i in (0, 1))
+            # Head-major (B, H, S, D) caches are updated in place and read by
+            # the attention matmuls as they are: no copy or transpose of the
+            # whole cache per step, only of the new positions.
+            start = [0, 0, cache_update_index, 0]
+            k = ops.slice_update(cache[0], start, k)  # (B, H, S, D)
+            v = ops.slice_update(cache[1], start, v)
+            if stacked:
+                cache = ops.stack(
+                    [ops.transpose(t, (0, 2, 1, 3)) for t in (k, v)], axis=1
+                )
+            else:
+                cache = (k, v)
+            mask = causal_mask(length, ops.shape(k)[2], cache_update_index)
         else:
             mask = causal_mask(length, length)  # (T, T)
             if padding_mask is not None:
                 keys = ops.cast(padding_mask, "bool")[:, None, None, :]
                 mask = ops.logical_and(mask, keys)  # (B, 1, T, T)
 
-        q = ops.transpose(q, (0, 2, 1, 3))  # (B, H, T, D)
-        k = ops.transpose(k, (0, 2, 1, 3))  # (B, H, S, D)
-        v = ops.transpose(v, (0, 2, 1, 3))
         context, _ = attend(q, k, v, mask, self.attention_dropout, training)
         context = ops.transpose(context, (0, 2, 1, 3))  # (B, T, H, D)
         context = ops.reshape(context, (batch, length, self.hidden_dim))

@@ -8,6 +8,7 @@ from keras_hub.models import CausalLM
 from keras_hub.src.utils.tensor_utils import any_equal
 
 from keras_gpt_scratch.io_utils import atomic_file
+from keras_gpt_scratch.losses import CrossEntropy
 from keras_gpt_scratch.models import gpt_presets
 from keras_gpt_scratch.models.gpt_backbone import GPTBackbone
 from keras_gpt_scratch.models.gpt_causal_lm_preprocessor import (
@@ -85,7 +86,9 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
         AdamW at 4e-4 (`TorchAdamW`: PyTorch's update, as in the book) with
         weight decay 0.1 (not on LayerNorm parameters, biases or
         embeddings) and global gradient clipping at 1.0: a setting
-        that trains a GPT from scratch. Other arguments are keras_hub's
+        that trains a GPT from scratch. `loss="auto"` is `CrossEntropy`, the
+        same values as Keras' sparse categorical cross-entropy on logits,
+        computed faster. Other arguments are keras_hub's
         `CausalLM.compile` arguments, including `sampler`.
         """
         if optimizer == "auto":
@@ -93,6 +96,8 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
                 learning_rate=4e-4, weight_decay=0.1, global_clipnorm=1.0
             )
             optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
+        if loss == "auto":
+            loss = CrossEntropy()
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -322,9 +327,10 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
         Args:
             token_ids: int tensor `(batch, new_positions)`.
             cache: the keys and values of earlier positions: a tuple with one
-                `(batch, 2, max_length, num_heads, head_dim)` tensor per layer
-                (what `_build_cache` makes), or keras_hub's single stacked
-                `(batch, num_layers, 2, ...)` tensor.
+                `(keys, values)` pair of `(batch, num_heads, max_length,
+                head_dim)` tensors per layer (what `empty_cache` makes), or
+                keras_hub's single stacked `(batch, num_layers, 2, max_length,
+                num_heads, head_dim)` tensor.
             cache_update_index: int or int tensor, position of `token_ids[:, 0]`.
 
         Returns:
@@ -350,13 +356,19 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
         cache = ops.stack(caches, axis=1) if stacked else tuple(caches)
         return logits, hidden_states, cache
 
+    def empty_cache(self, batch_size, length) -> tuple:
+        """A zero key/value cache for `length` positions: one `(keys, values)`
+        pair of `(batch, num_heads, length, head_dim)` tensors per layer."""
+        b = self.backbone
+        shape = [batch_size, b.num_heads, length, b.hidden_dim // b.num_heads]
+        return tuple(
+            (ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
+            for _ in range(b.num_layers)
+        )
+
     def _build_cache(self, token_ids):
         batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
-        b = self.backbone
-        shape = [batch, 2, length, b.num_heads, b.hidden_dim // b.num_heads]
-        cache = tuple(
-            ops.zeros(shape, dtype=self.compute_dtype) for _ in range(b.num_layers)
-        )
+        cache = self.empty_cache(batch, length)
         _, hidden_states, cache = self.call_with_cache(token_ids, cache, 0)
         return hidden_states, cache
 
