@@ -4,11 +4,12 @@ A GPT's loss reads a `(batch * sequence, 50257)` float32 logits tensor: 823 MB
 for 16 x 256 tokens. TensorFlow's `SparseSoftmaxCrossEntropyWithLogits` kernel,
 what `keras.losses.SparseCategoricalCrossentropy` runs, makes several passes
 over it on one thread and keeps a full-size gradient from the forward pass.
-Here the forward pass keeps only the per-row log-sum-exp, and both passes are
+Here the forward pass keeps only the per-row log-sum-exp besides the logits
+(the backward pass recomputes the softmax from them), and both passes are
 small XLA-compiled functions (fused, multi-threaded) even when the training
-step itself runs without XLA. Measured on this project's 2-core CPU, forward
-and backward over 4,096 x 50,257 logits took 168 ms against 653 ms for the
-Keras loss (`python tools/bench.py --cases loss`).
+step itself runs without XLA. On this project's 2-core CPU, forward and
+backward over 4,096 x 50,257 logits took 341 ms against 683 ms for the Keras
+loss (`python tools/bench.py --cases loss`, BENCHMARKS.md).
 """
 
 import keras
