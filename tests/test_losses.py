@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras_gpt_scratch as kgs
@@ -9,19 +10,26 @@ import keras_gpt_scratch as kgs
 RNG = np.random.default_rng(0)
 
 
-def loss_and_grad(loss_fn, labels, logits, sample_weight=None):
+def loss_and_grad(loss_fn, labels, logits, sample_weight=None, graph=False):
     logits = tf.Variable(logits)
-    with tf.GradientTape() as tape:
-        loss = loss_fn(labels, logits, sample_weight=sample_weight)
-    return float(loss), tape.gradient(loss, logits).numpy()
+
+    def run():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, logits, sample_weight=sample_weight)
+        return loss, tape.gradient(loss, logits)
+
+    # In a graph (fit) the fused XLA pair runs; eagerly, plain ops.
+    loss, grad = tf.function(run)() if graph else run()
+    return float(loss), grad.numpy()
 
 
-def test_matches_keras_values_and_gradients_with_padding_weights():
+@pytest.mark.parametrize("graph", [True, False])
+def test_matches_keras_values_and_gradients_with_padding_weights(graph):
     logits = (RNG.standard_normal((3, 7, 50)) * 4).astype("float32")
     labels = RNG.integers(0, 50, (3, 7))
     weights = np.ones((3, 7), "float32")
     weights[0, 5:] = 0  # padding
-    ours = loss_and_grad(kgs.CrossEntropy(), labels, logits, weights)
+    ours = loss_and_grad(kgs.CrossEntropy(), labels, logits, weights, graph)
     keras_ = loss_and_grad(
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         labels,
@@ -33,11 +41,13 @@ def test_matches_keras_values_and_gradients_with_padding_weights():
     assert not ours[1][0, 5:].any()  # no gradient through padding
 
 
-def test_per_token_values_and_large_logits():
+@pytest.mark.parametrize("graph", [True, False])
+def test_per_token_values_and_large_logits(graph):
     # Log-sum-exp must not overflow where exp(logits) does.
     logits = np.array([[[1000.0, 0.0, -1000.0], [0.0, 1.0, 3.0]]], "float32")
     labels = np.array([[0, 2]])
-    per_token = kgs.CrossEntropy(reduction=None)(labels, logits)
+    loss = kgs.CrossEntropy(reduction=None)
+    per_token = tf.function(loss)(labels, logits) if graph else loss(labels, logits)
     expected = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
     np.testing.assert_allclose(per_token, expected, atol=1e-6)
     assert np.isfinite(per_token).all()
@@ -68,3 +78,17 @@ def test_config_round_trip_and_compile_default():
     lm = kgs.GPTCausalLM(backbone)
     lm.compile()
     assert isinstance(lm.loss, kgs.CrossEntropy)
+
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_labels_outside_the_vocabulary_are_named_not_clamped(graph):
+    # XLA's gather would clamp -100 (a Hugging Face "ignore" label) silently.
+    logits = RNG.standard_normal((1, 3, 10)).astype("float32")
+    labels = np.array([[1, -100, 2]])
+    loss = kgs.CrossEntropy()
+    call = tf.function(loss) if graph else loss
+    with pytest.raises(
+        (ValueError, tf.errors.InvalidArgumentError), match="outside the vocabulary"
+    ) as err:
+        call(labels, logits)
+    assert "-100" in str(err.value) and "sample_weight" in str(err.value)

@@ -13,31 +13,39 @@ ops are used instead: XLA would compile again for every new input shape.
 import tensorflow as tf
 
 
-def fused(forward, backward):
+def fused(forward, backward, residuals: bool = False):
     """`forward(*inputs) -> y` with gradient `backward(*inputs, dy) -> grads`.
 
     Args:
-        forward: function of float tensors.
-        backward: function of the same tensors and the upstream gradient
-            `dy`, returning one gradient per input (a tuple if several).
+        forward: function of tensors. With `residuals=True` it returns
+            `(y, *saved)`: tensors the backward pass needs besides the inputs
+            (a loss's per-row log-sum-exp, say), kept instead of recomputed.
+        backward: function of the same inputs, then any saved tensors, then
+            the upstream gradient `dy`, returning one gradient per input (a
+            tuple if several; `None` for integer inputs).
+        residuals: whether `forward` returns saved tensors after `y`.
 
     Returns:
         A differentiable function of the inputs that keeps only the inputs
-        for its backward pass.
+        (and any saved tensors) for its backward pass.
     """
     forward_xla = tf.function(forward, jit_compile=True, reduce_retracing=True)
     backward_xla = tf.function(backward, jit_compile=True, reduce_retracing=True)
 
     @tf.custom_gradient
     def fused_fn(*inputs):
-        def grad(dy):
-            return backward_xla(*inputs, dy)
+        out = forward_xla(*inputs)
+        y, saved = (out[0], tuple(out[1:])) if residuals else (out, ())
 
-        return forward_xla(*inputs), grad
+        def grad(dy):
+            return backward_xla(*inputs, *saved, dy)
+
+        return y, grad
 
     def fn(*inputs):
         if tf.executing_eagerly():
-            return forward(*inputs)
+            out = forward(*inputs)
+            return out[0] if residuals else out
         return fused_fn(*inputs)
 
     return fn

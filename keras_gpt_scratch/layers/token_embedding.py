@@ -7,6 +7,29 @@ from keras import ops
 from keras_gpt_scratch.layers.init_utils import clone_initializer
 
 
+def check_ids(ids, size, message):
+    """`ids`, after checking each is in `[0, size)`.
+
+    Eagerly, a bad id raises `ValueError(message(first_bad_id))`; in a graph,
+    an assertion fails with `message(None)` and the first bad id (the op that
+    uses the ids is made to wait for it, or it would fail first, opaquely).
+    """
+    bad = tf.logical_or(ids < 0, ids >= size)
+    if tf.executing_eagerly():
+        if bool(tf.reduce_any(bad)):
+            raise ValueError(message(int(tf.boolean_mask(ids, bad)[0])))
+        return ids
+    flat_bad = tf.reshape(bad, [-1])
+    first = tf.gather(tf.reshape(ids, [-1]), tf.argmax(tf.cast(flat_bad, "int32")))
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(flat_bad)),
+        [message(None), "The first bad id is", first],
+        summarize=1,
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(ids)
+
+
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
 class TokenEmbedding(keras.layers.Embedding):
     """Token embedding that doubles as the language-model head (book, ch. 4).
@@ -145,22 +168,7 @@ class TokenEmbedding(keras.layers.Embedding):
         return ops.cast(logits, "float32")
 
     def _check_ids(self, ids):
-        bad = tf.logical_or(ids < 0, ids >= self.input_dim)
-        if tf.executing_eagerly():
-            if bool(tf.reduce_any(bad)):
-                first = int(tf.boolean_mask(ids, bad)[0])
-                raise ValueError(self._bad_id_message(first))
-            return ids
-        flat_bad = tf.reshape(bad, [-1])
-        first = tf.gather(tf.reshape(ids, [-1]), tf.argmax(tf.cast(flat_bad, "int32")))
-        check = tf.debugging.Assert(
-            tf.logical_not(tf.reduce_any(flat_bad)),
-            [self._bad_id_message(None), "The first bad id is", first],
-            summarize=1,
-        )
-        # The gather must wait for the check, or it fails first, opaquely.
-        with tf.control_dependencies([check]):
-            return tf.identity(ids)
+        return check_ids(ids, self.input_dim, self._bad_id_message)
 
     def _bad_id_message(self, token_id):
         which = "A token id" if token_id is None else f"Token id {token_id}"
