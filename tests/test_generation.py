@@ -57,6 +57,31 @@ def test_cached_equals_uncached_greedy_for_unequal_prompts(lm):
     assert out["padding_mask"].all()
 
 
+def test_cached_equals_uncached_greedy_for_long_prompts(lm):
+    """Prompts longer than one prefill chunk, the last chunk overlapping."""
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(0, 50257, n).tolist() for n in (45, 47)]
+    lm.compile(sampler="greedy")  # a fresh trace, with static shapes
+    out = lm.generate(padded(rows, 50), stop_token_ids=None)
+    for i, row in enumerate(rows):
+        np.testing.assert_array_equal(out["token_ids"][i], uncached_greedy(lm, row, 50))
+
+
+@pytest.mark.parametrize("end", [1, 32, 33, 50])
+def test_chunked_prefill_equals_one_pass(lm, end):
+    assert kgs.models.gpt_causal_lm.PREFILL_CHUNK == 32
+    ids = np.random.default_rng(2).integers(0, 50257, (2, 50)).astype("int32")
+    full_hidden, full_cache = lm._build_cache(ids)
+    hidden, cache = lm._build_cache(ids, end=end)
+    np.testing.assert_allclose(hidden[:, :end], full_hidden[:, :end], atol=1e-4)
+    for (k, v), (fk, fv) in zip(cache, full_cache, strict=True):
+        np.testing.assert_allclose(k[:, :, :end], fk[:, :, :end], atol=1e-4)
+        np.testing.assert_allclose(v[:, :, :end], fv[:, :, :end], atol=1e-4)
+    # Work stops at the chunk holding position end - 1.
+    filled = min(50, -(-end // 32) * 32)
+    assert not np.asarray(hidden[:, filled:]).any()
+
+
 def test_stop_tokens_end_each_row_independently(lm):
     rows = [[464, 3290, 318], [40, 1101, 257, 922]]
     full = [uncached_greedy(lm, r, 30) for r in rows]
@@ -133,6 +158,21 @@ def test_keras_hub_samplers(lm, sampler):
     assert ids.shape == (1, 12)
     np.testing.assert_array_equal(ids[0, :2], [464, 3290])
     assert ((ids >= 0) & (ids < 50257)).all()
+
+
+def test_contrastive_search_same_with_chunked_prefill(lm, monkeypatch):
+    """Contrastive search reads the prefilled hidden states of the prompt."""
+    rng = np.random.default_rng(4)
+    x = padded([rng.integers(0, 50257, n).tolist() for n in (40, 35)], 48)
+    results = []
+    try:
+        for chunk in (32, 1000):  # chunked, then one pass over all 48
+            monkeypatch.setattr(kgs.models.gpt_causal_lm, "PREFILL_CHUNK", chunk)
+            lm.compile(sampler=keras_hub.samplers.ContrastiveSampler(k=3, alpha=0.6))
+            results.append(lm.generate(x, stop_token_ids=None)["token_ids"])
+    finally:
+        lm.compile(sampler="greedy")
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 def test_generation_past_the_context_is_a_clear_error(lm):

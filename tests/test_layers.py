@@ -352,6 +352,7 @@ def test_position_embedding_rejects_too_long_input():
 LAYERS = [
     (kgs.LayerNorm, {"epsilon": 1e-4}, (2, 3, 8)),
     (kgs.GELU, {"approximate": False}, (2, 3, 8)),
+    (kgs.Linear, {"units": 5, "use_bias": False}, (2, 3, 8)),
     (kgs.FeedForward, {"intermediate_dim": 12}, (2, 3, 8)),
     (kgs.SelfAttention, {"output_dim": 6, "qkv_bias": True}, (2, 3, 8)),
     (kgs.CausalSelfAttention, {"output_dim": 6, "dropout": 0.2}, (2, 3, 8)),

@@ -5,7 +5,9 @@
 Builds the 124M geometry with random GPT-2-style weights, copies it, calls
 `quantize("int8")` on the copy, and compares the logits of both on random
 prompts: the largest absolute difference (also relative to the largest
-logit), the mean absolute difference, and how often the argmax agrees.
+logit), the mean absolute difference, and how often the argmax agrees;
+first over whole sequences, then one position per call (a batch-1 decoding
+step, where int8 `Linear` layers skip quantizing the activations).
 """
 
 import argparse
@@ -33,10 +35,23 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     ids = rng.integers(0, 50257, (args.batch, args.length)).astype("int32")
     x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
-    a, b = np.asarray(f32(x)), np.asarray(q(x))
+    report(f"{args.batch}x{args.length} positions", f32(x), q(x))
+    # One position at a time, as a batch-1 decoding step runs: int8 `Linear`
+    # then multiplies by the dequantized weights instead of quantizing the
+    # activations too.
+    a, b = [], []
+    for row in ids[:, : args.length // 4].reshape(-1, 1):
+        one = {"token_ids": row[None], "padding_mask": np.ones((1, 1), "int32")}
+        a.append(np.asarray(f32(one)))
+        b.append(np.asarray(q(one)))
+    report(f"{len(a)} single positions", np.concatenate(a), np.concatenate(b))
+
+
+def report(what, a, b) -> None:
+    a, b = np.asarray(a), np.asarray(b)
     diff = np.abs(a - b)
     print(
-        f"int8 vs float32 logits over {args.batch}x{args.length} positions: "
+        f"int8 vs float32 logits over {what}: "
         f"max |diff| {diff.max():.4f} ({diff.max() / np.abs(a).max():.2%} of the "
         f"largest logit), mean |diff| {diff.mean():.5f}, argmax agreement "
         f"{(a.argmax(-1) == b.argmax(-1)).mean():.1%}"

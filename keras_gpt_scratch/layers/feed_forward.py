@@ -2,6 +2,7 @@ import keras
 
 from keras_gpt_scratch.layers.gelu import GELU
 from keras_gpt_scratch.layers.init_utils import clone_initializer
+from keras_gpt_scratch.layers.linear import Linear
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
@@ -45,7 +46,7 @@ class FeedForward(keras.layers.Layer):
         hidden_dim = input_shape[-1]
         inner = self.intermediate_dim or 4 * hidden_dim
         # === Layers ===
-        self.intermediate_dense = keras.layers.Dense(
+        self.intermediate_dense = Linear(
             inner,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
@@ -58,7 +59,7 @@ class FeedForward(keras.layers.Layer):
             name="gelu",
         )
         self.activation.build((*input_shape[:-1], inner))
-        self.output_dense = keras.layers.Dense(
+        self.output_dense = Linear(
             hidden_dim,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,

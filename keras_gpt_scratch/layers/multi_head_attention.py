@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_gpt_scratch.layers.attention_utils import attend, causal_mask
 from keras_gpt_scratch.layers.init_utils import clone_initializer
+from keras_gpt_scratch.layers.linear import Linear
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
@@ -83,7 +84,7 @@ class MultiHeadAttention(keras.layers.Layer):
             ("value", self.qkv_bias),
             ("output_dense", True),
         ):
-            dense = keras.layers.Dense(
+            dense = Linear(
                 hidden_dim,
                 use_bias=bias,
                 kernel_initializer=clone_initializer(self.kernel_initializer),

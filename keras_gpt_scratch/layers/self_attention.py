@@ -2,6 +2,7 @@ import keras
 
 from keras_gpt_scratch.layers.attention_utils import attend
 from keras_gpt_scratch.layers.init_utils import clone_initializer
+from keras_gpt_scratch.layers.linear import Linear
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
@@ -47,7 +48,7 @@ class SelfAttention(keras.layers.Layer):
     def build(self, input_shape):
         # === Layers ===
         for name in ("query", "key", "value"):
-            dense = keras.layers.Dense(
+            dense = Linear(
                 self.output_dim,
                 use_bias=self.qkv_bias,
                 kernel_initializer=clone_initializer(self.kernel_initializer),

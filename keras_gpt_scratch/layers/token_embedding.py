@@ -3,8 +3,10 @@ import copy
 import keras
 import tensorflow as tf
 from keras import ops
+from keras.quantizers import abs_max_quantize
 
 from keras_gpt_scratch.layers.init_utils import clone_initializer
+from keras_gpt_scratch.layers.linear import int8_matmul
 
 
 def check_ids(ids, size, message):
@@ -156,13 +158,9 @@ class TokenEmbedding(keras.layers.Embedding):
         if not self.tie_weights:
             logits = ops.matmul(x, ops.cast(self.reverse_embeddings, x.dtype))
         else:
-            # int8 x int8 -> int32, then undo both per-row scales.
-            x_q, x_scale = keras.quantizers.abs_max_quantize(x, axis=-1)
-            logits = tf.matmul(
-                x_q, self._embeddings, transpose_b=True, output_type=tf.int32
-            )
-            logits = ops.cast(logits, "float32") / (
-                ops.cast(x_scale, "float32") * self.embeddings_scale[None, :]
+            # The table is already laid out (units, input_dim) for the head.
+            logits = int8_matmul(
+                x, self._embeddings, self.embeddings_scale, abs_max_quantize
             )
         logits = ops.reshape(logits, (*shape[:-1], self.input_dim))
         return ops.cast(logits, "float32")

@@ -18,6 +18,8 @@ from keras_gpt_scratch.optimizers import TorchAdamW
 
 # Never decay LayerNorm parameters, biases or embeddings (GPT-2 / nanoGPT).
 NO_WEIGHT_DECAY = ["bias", "scale", "shift", "embeddings"]
+# Prompt positions run per pass when `generate` fills the cache.
+PREFILL_CHUNK = 32
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
@@ -366,18 +368,54 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
             for _ in range(b.num_layers)
         )
 
-    def _build_cache(self, token_ids):
+    def _build_cache(self, token_ids, end=None):
+        """Hidden states and cache of positions `[0, end)` (default: all).
+
+        keras_hub's models run every position of the padded batch through the
+        model here, `max_length` of them, though decoding recomputes all from
+        the shortest prompt's end. With `end`, only `[0, end)` is run, in
+        chunks of `PREFILL_CHUNK` positions (the last one may overlap the one
+        before, to stay inside the cache); later positions keep zeros. This
+        needs the length to be static, as it is for one padded length.
+        """
         batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
         cache = self.empty_cache(batch, length)
-        _, hidden_states, cache = self.call_with_cache(token_ids, cache, 0)
-        return hidden_states, cache
+        chunk = PREFILL_CHUNK
+
+        def whole():
+            _, hidden_states, new_cache = self.call_with_cache(token_ids, cache, 0)
+            return hidden_states, new_cache
+
+        def chunked():
+            def body(start, hidden_states, cache):
+                at = ops.minimum(start, length - chunk)
+                ids = ops.slice(token_ids, [0, at], [batch, chunk])
+                _, h, cache = self.call_with_cache(ids, cache, at)  # (B, chunk, C)
+                hidden_states = ops.slice_update(hidden_states, [0, at, 0], h)
+                return start + chunk, hidden_states, cache
+
+            hidden_states = ops.zeros(
+                (batch, length, self.backbone.hidden_dim), self.compute_dtype
+            )
+            _, hidden_states, new_cache = ops.while_loop(
+                lambda start, *_: start < end, body, (0, hidden_states, cache)
+            )
+            return hidden_states, new_cache
+
+        # A chunk needs a static length to slice; after `reduce_retracing`
+        # relaxes the shapes (prompts of several lengths), one pass it is.
+        if end is None or not isinstance(length, int) or length <= chunk:
+            return whole()
+        return chunked()
 
     def generate_step(self, inputs, stop_token_ids=None):
         """One compiled generation pass over a batch (keras_hub's contract)."""
         token_ids, padding_mask = inputs["token_ids"], inputs["padding_mask"]
-        hidden_states, cache = self._build_cache(token_ids)
         row_lengths = ops.sum(ops.cast(padding_mask, "int32"), axis=-1)
         index = ops.min(row_lengths)
+        # Decoding starts by recomputing position index - 1; contrastive
+        # search also reads the hidden states of [0, index).
+        hidden_states, cache = self._build_cache(token_ids, end=index)
 
         def next(prompt, cache, index):
             cache_update_index = index - 1

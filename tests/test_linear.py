@@ -1,0 +1,163 @@
+"""`Linear`: Keras' `Dense`, with an int8 mode laid out for decoding."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_gpt_scratch as kgs
+from keras_gpt_scratch.layers.linear import int8_matmul
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype("float32")
+
+
+def twins(units=12, input_dim=16):
+    """A quantized `Linear` and a quantized Keras `Dense` with equal weights."""
+    ours = kgs.Linear(units, name="ours")
+    ref = keras.layers.Dense(units, name="ref")
+    ours.build((None, input_dim))
+    ref.build((None, input_dim))
+    ref.set_weights([rand(input_dim, units), rand(units)])
+    ours.set_weights(ref.get_weights())
+    ours.quantize("int8")
+    ref.quantize("int8")
+    return ours, ref
+
+
+def dequantized(layer):
+    """The kernel that a quantized layer stands for, `(input_dim, units)`."""
+    kernel = keras.ops.convert_to_numpy(layer._kernel).astype("float32")
+    return kernel / keras.ops.convert_to_numpy(layer.kernel_scale)
+
+
+def test_float_linear_is_dense():
+    layer = kgs.Linear(5)
+    x = rand(2, 3, 8)
+    y = layer(x)
+    w, b = layer.get_weights()
+    np.testing.assert_allclose(y, x @ w + b, atol=1e-5)
+    assert [v.path.split("/")[-1] for v in layer.weights] == ["kernel", "bias"]
+
+
+def test_int8_keeps_keras_weights_and_saves_no_copy():
+    ours, ref = twins()
+    assert [v.name for v in ours.weights] == [v.name for v in ref.weights]
+    for a, b in zip(ours.get_weights(), ref.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The transposed copy is the same int8 kernel.
+    np.testing.assert_array_equal(ours._kernel_t.numpy().T, ours._kernel.numpy())
+
+
+def test_int8_rows_match_keras_int8_dense():
+    """Several rows: activations are quantized per row, as Keras does."""
+    ours, ref = twins()
+    x = rand(2, 5, 16)
+    np.testing.assert_allclose(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_int8_single_row_uses_dequantized_weights(mode):
+    """One row (batch-1 decoding) is multiplied by the dequantized weights,
+    so its only error is the weights' rounding."""
+    ours, ref = twins()
+    x = rand(1, 1, 16)
+    call = ours.__call__
+    if mode != "eager":
+        call = tf.function(ours.__call__, jit_compile=mode == "xla")
+    want = x @ dequantized(ours) + ours.bias.numpy()
+    np.testing.assert_allclose(call(x), want, rtol=1e-5, atol=1e-5)
+    # Keras' int8 Dense also rounds the activations; it differs from both.
+    assert np.abs(ref(x) - want).max() > 1e-4
+
+
+def test_int8_matmul_picks_the_path_at_run_time_when_rows_are_unknown():
+    ours, _ = twins()
+    fn = tf.function(
+        lambda x: int8_matmul(
+            x, ours._kernel_t, ours.kernel_scale, ours.inputs_quantizer
+        ),
+        input_signature=[tf.TensorSpec((None, 16), tf.float32)],
+        jit_compile=True,
+    )
+    one, many = rand(1, 16), rand(4, 16)
+    np.testing.assert_allclose(fn(one), one @ dequantized(ours), rtol=1e-5, atol=1e-5)
+    expected = ours(many) - ours.bias.numpy()
+    np.testing.assert_allclose(fn(many), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_weight_only_inside_a_compiled_loop():
+    """XLA may not hoist the conversion out of a loop; whatever it does, the
+    loop's result must be the same as the step's."""
+    ours, _ = twins(16, 16)
+    x = rand(1, 16) * 0.01
+
+    @tf.function(jit_compile=True)
+    def loop(x):
+        return tf.while_loop(lambda i, x: i < 3, lambda i, x: (i + 1, ours(x)), (0, x))[
+            1
+        ]
+
+    want = x
+    for _ in range(3):
+        want = want @ dequantized(ours) + ours.bias.numpy()
+    np.testing.assert_allclose(loop(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_input_gradient_matches_keras():
+    ours, ref = twins()
+    x = tf.constant(rand(3, 16))
+    grads = []
+    for layer in (ours, ref):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) ** 2)
+        grads.append(tape.gradient(loss, x))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+
+
+def test_int8_save_and_load_rebuilds_the_copy(tmp_path):
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, kgs.Linear(12, name="proj")(inputs))
+    model.layers[-1].set_weights([rand(16, 12), rand(12)])
+    model.quantize("int8")
+    x = rand(1, 16)
+    want = model(x)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    layer = loaded.get_layer("proj")
+    assert type(layer) is kgs.Linear and layer.quantization_mode == "int8"
+    np.testing.assert_array_equal(layer._kernel_t.numpy().T, layer._kernel.numpy())
+    np.testing.assert_allclose(loaded(x), want, rtol=1e-6, atol=1e-6)
+
+
+def test_int8_lora_adds_its_update():
+    ours, _ = twins()
+    x = rand(2, 16)
+    before = ours(x)
+    ours.enable_lora(2)
+    ours.lora_kernel_b.assign(np.ones((2, 12), "float32"))
+    a = ours.lora_kernel_a.numpy()
+    expected = before + (ours.lora_alpha / 2) * (x @ a @ np.ones((2, 12)))
+    np.testing.assert_allclose(ours(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_tied_head_single_row_and_rows():
+    emb = kgs.TokenEmbedding(50, 16)
+    emb.build((None, None))
+    emb.quantize("int8")
+    table = (
+        emb._embeddings.numpy().astype("float32")
+        / emb.embeddings_scale.numpy()[:, None]
+    )
+    one = rand(1, 1, 16)
+    np.testing.assert_allclose(
+        emb(one, reverse=True), one @ table.T, rtol=1e-5, atol=1e-5
+    )
+    many = rand(2, 3, 16)
+    got = emb(many, reverse=True)
+    assert got.shape == (2, 3, 50)
+    np.testing.assert_allclose(got, many @ table.T, rtol=0.05, atol=0.05)
