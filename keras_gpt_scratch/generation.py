@@ -196,6 +196,6 @@ def _step_function(lm):
             logits, _, cache = lm.call_with_cache(token_ids, cache, index)
             return logits[:, -1, :], cache
 
-        fn = tf.function(step, reduce_retracing=True)
+        fn = tf.function(step, reduce_retracing=True, autograph=False)
         lm._stream_step = fn
     return fn

@@ -29,8 +29,10 @@ def fused(forward, backward, residuals: bool = False):
         A differentiable function of the inputs that keeps only the inputs
         (and any saved tensors) for its backward pass.
     """
-    forward_xla = tf.function(forward, jit_compile=True, reduce_retracing=True)
-    backward_xla = tf.function(backward, jit_compile=True, reduce_retracing=True)
+    # Straight-line tensor math: AutoGraph has nothing to convert.
+    options = dict(jit_compile=True, reduce_retracing=True, autograph=False)
+    forward_xla = tf.function(forward, **options)
+    backward_xla = tf.function(backward, **options)
 
     @tf.custom_gradient
     def fused_fn(*inputs):

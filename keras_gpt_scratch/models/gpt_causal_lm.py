@@ -251,12 +251,15 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
 
     def make_generate_function(self):
         """Compile `generate_step` once; `reduce_retracing` keeps it at one
-        more trace when the batch size or `max_length` change."""
+        more trace when the batch size or `max_length` change. The loops are
+        explicit `while_loop`s, so AutoGraph, which took about a fifth of the
+        first call's tracing, is off."""
         if self.generate_function is None:
             self.generate_function = tf.function(
                 self.generate_step,
                 jit_compile=self.generate_jit_compile,
                 reduce_retracing=True,
+                autograph=False,
             )
         return self.generate_function
 
