@@ -24,6 +24,9 @@ def int8_matmul(x, kernel_t, kernel_scale, inputs_quantizer=None):
         float32 tensor `(rows, units)`.
     """
     x = tf.cast(x, "float32")
+    # Under a mixed policy Keras hands float variables over in the compute
+    # dtype; the scales stay float32 here.
+    kernel_scale = tf.cast(kernel_scale, "float32")
 
     def weight_only():
         # Inside a decoding loop XLA hoists a loop-invariant int8-to-float
@@ -59,8 +62,10 @@ class Linear(keras.layers.Dense):
     124M with int8 weights about twice as fast as with float32 weights, where
     Keras' own int8 `Dense` was barely faster than float32. The saved
     variables stay Keras' (`kernel`, `bias`, `kernel_scale`); the transposed
-    copy (`units * input_dim` int8 bytes) is rebuilt on quantizing and on
-    loading, and is not saved.
+    copy (`units * input_dim` int8 bytes) is rebuilt on quantizing, on
+    loading and by `set_weights` (here or on a `GPTBackbone`/`GPTCausalLM`),
+    and is not saved. After assigning the int8 `_kernel` any other way, call
+    `sync_int8_kernel()`.
 
     Args:
         units: int. Output width.
@@ -80,26 +85,32 @@ class Linear(keras.layers.Dense):
 
     def quantize(self, mode=None, type_check=True, config=None):
         super().quantize(mode, type_check=False, config=config)
-        if mode == "int8":
-            self._sync_kernel_t()
+        self.sync_int8_kernel()
 
     def _int8_build(self, kernel_shape, config=None):
         super()._int8_build(kernel_shape, config)
         # A plain tf.Variable: not one of the layer's Keras weights, so it is
         # neither saved nor counted; XLA reads it like any other variable.
-        self._kernel_t = tf.Variable(
-            tf.zeros(kernel_shape[::-1], "int8"),
-            trainable=False,
-            name=f"{self.name}_kernel_t",
-        )
+        # Made eagerly (as Keras makes its own) even if built in a trace.
+        with tf.init_scope():
+            self._kernel_t = tf.Variable(
+                tf.zeros(kernel_shape[::-1], "int8"),
+                trainable=False,
+                name=f"{self.name}_kernel_t",
+            )
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
-        if self.quantization_mode == "int8":
-            self._sync_kernel_t()
+        self.sync_int8_kernel()
 
-    def _sync_kernel_t(self):
-        self._kernel_t.assign(tf.transpose(self._kernel))
+    def set_weights(self, weights):
+        super().set_weights(weights)
+        self.sync_int8_kernel()
+
+    def sync_int8_kernel(self) -> None:
+        """Rebuild the transposed int8 kernel from `_kernel` (int8 mode only)."""
+        if self.quantization_mode == "int8":
+            self._kernel_t.assign(tf.transpose(self._kernel))
 
     def _int8_call(self, inputs, training=None):
         quantizer = self.inputs_quantizer
@@ -137,3 +148,14 @@ class Linear(keras.layers.Dense):
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+
+class SyncsInt8Kernels:
+    """Mixin for models: `set_weights` also rebuilds every int8 `Linear`'s
+    transposed kernel (Keras assigns the variables directly)."""
+
+    def set_weights(self, weights):
+        super().set_weights(weights)
+        for layer in self._flatten_layers(include_self=False):
+            if isinstance(layer, Linear):
+                layer.sync_int8_kernel()

@@ -6,6 +6,7 @@ from keras_hub.models import Backbone
 
 from keras_gpt_scratch.io_utils import atomic_file
 from keras_gpt_scratch.layers.layer_norm import LayerNorm
+from keras_gpt_scratch.layers.linear import SyncsInt8Kernels
 from keras_gpt_scratch.layers.position_embedding import PositionEmbedding
 from keras_gpt_scratch.layers.token_embedding import TokenEmbedding
 from keras_gpt_scratch.layers.transformer_block import TransformerBlock
@@ -49,7 +50,7 @@ def _initializers(init: str) -> dict:
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
-class GPTBackbone(gpt_presets.PresetMixin, Backbone):
+class GPTBackbone(SyncsInt8Kernels, gpt_presets.PresetMixin, Backbone):
     """GPT-2 written from scratch (the book's `GPTModel`, without the head).
 
     Token ids go through the token and position embeddings, dropout,

@@ -8,6 +8,7 @@ from keras_hub.models import CausalLM
 from keras_hub.src.utils.tensor_utils import any_equal
 
 from keras_gpt_scratch.io_utils import atomic_file
+from keras_gpt_scratch.layers.linear import SyncsInt8Kernels
 from keras_gpt_scratch.losses import CrossEntropy
 from keras_gpt_scratch.models import gpt_presets
 from keras_gpt_scratch.models.gpt_backbone import GPTBackbone
@@ -23,7 +24,7 @@ PREFILL_CHUNK = 32
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
-class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
+class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
     """GPT for causal language modeling: the book's `GPTModel` with its head.
 
     Wraps a `GPTBackbone` and maps its hidden states to next-token logits,
@@ -252,7 +253,7 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
     def make_generate_function(self):
         """Compile `generate_step` once; `reduce_retracing` keeps it at one
         more trace when the batch size or `max_length` change. The loops are
-        explicit `while_loop`s, so AutoGraph, which took about a fifth of the
+        explicit `while_loop`s, so AutoGraph, which took about half of the
         first call's tracing, is off."""
         if self.generate_function is None:
             self.generate_function = tf.function(
@@ -378,8 +379,9 @@ class GPTCausalLM(gpt_presets.PresetMixin, CausalLM):
         model here, `max_length` of them, though decoding recomputes all from
         the shortest prompt's end. With `end`, only `[0, end)` is run, in
         chunks of `PREFILL_CHUNK` positions (the last one may overlap the one
-        before, to stay inside the cache); later positions keep zeros. This
-        needs the length to be static, as it is for one padded length.
+        before, to stay inside the cache); positions after the chunk that
+        holds `end - 1` keep zeros. This needs a static length over
+        `PREFILL_CHUNK`, as one padded length has; otherwise one pass.
         """
         batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
         cache = self.empty_cache(batch, length)

@@ -10,6 +10,7 @@ from keras import ops
 from keras_hub.models import TextClassifier
 
 from keras_gpt_scratch.io_utils import atomic_file
+from keras_gpt_scratch.layers.linear import SyncsInt8Kernels
 from keras_gpt_scratch.models import gpt_presets
 from keras_gpt_scratch.models.gpt_backbone import GPTBackbone
 from keras_gpt_scratch.models.gpt_classifier_preprocessor import (
@@ -39,7 +40,7 @@ class _LastTokenPooler(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
-class GPTClassifier(gpt_presets.PresetMixin, TextClassifier):
+class GPTClassifier(SyncsInt8Kernels, gpt_presets.PresetMixin, TextClassifier):
     """GPT fine-tuned for text classification (the book's chapter 6).
 
     A `GPTBackbone`, usually pretrained, with a `Dense(num_classes)` head on
