@@ -1,0 +1,210 @@
+"""The fused head + loss (`head_cross_entropy`) and the train step that uses it."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_gpt_scratch as kgs
+from keras_gpt_scratch.losses import head_cross_entropy
+from keras_gpt_scratch.models import gpt_causal_lm
+
+RNG = np.random.default_rng(0)
+VOCAB = 97
+
+
+def unfused(hidden, table, labels, weights, transposed):
+    logits = tf.matmul(hidden, table, transpose_b=not transposed)
+    per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    hits = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
+    return tf.reduce_sum(per_row * weights), tf.cast(hits, "float32")
+
+
+def value_and_grads(fn, hidden, table):
+    hidden, table = tf.Variable(hidden), tf.Variable(table)
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            total, hits = fn(hidden, table)
+            loss = 0.37 * total  # an upstream gradient other than 1
+        return loss, hits, tape.gradient(loss, [hidden, table])
+
+    loss, hits, grads = run()
+    return float(loss), hits.numpy(), [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("rows", [1, 29])
+def test_matches_unfused_loss_gradients_and_hits_over_padded_chunks(transposed, rows):
+    hidden = RNG.standard_normal((rows, 8)).astype("float32")
+    shape = (8, VOCAB) if transposed else (VOCAB, 8)
+    table = RNG.standard_normal(shape).astype("float32")
+    labels = RNG.integers(0, VOCAB, rows).astype("int32")
+    labels[::3] = np.argmax(hidden @ (table if transposed else table.T), -1)[
+        ::3
+    ]  # some hits
+    weights = RNG.uniform(0, 1, rows).astype("float32")
+    weights[-1] = 0.0
+
+    def fused(h, t):
+        # 5 rows per chunk: 29 rows run as 6 chunks of 5, one padded row.
+        return head_cross_entropy(
+            h,
+            t,
+            labels,
+            weights,
+            hits=True,
+            transposed_table=transposed,
+            chunk_logits=5 * VOCAB,
+        )
+
+    got = value_and_grads(fused, hidden, table)
+    want = value_and_grads(
+        lambda h, t: unfused(h, t, labels, weights, transposed), hidden, table
+    )
+    assert got[0] == pytest.approx(want[0], rel=1e-5)
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[1][::3].all()
+    for g, w in zip(got[2], want[2], strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    assert not got[2][0][-1].any()  # weight 0: no gradient
+
+
+def test_hits_follow_argmax_on_ties():
+    # A zero table ties every logit; argmax takes index 0, and so must hits.
+    hidden = RNG.standard_normal((6, 4)).astype("float32")
+    table = np.zeros((VOCAB, 4), "float32")
+    labels = tf.constant([0, 5, 0, 96, 1, 0], "int32")
+    _, hits = head_cross_entropy(hidden, table, labels, tf.ones(6), hits=True)
+    np.testing.assert_array_equal(hits, [1, 0, 1, 0, 0, 1])
+
+
+def test_frozen_table_gets_no_gradient():
+    hidden = tf.Variable(RNG.standard_normal((3, 4)).astype("float32"))
+    table = tf.Variable(RNG.standard_normal((VOCAB, 4)).astype("float32"))
+    labels = tf.constant([1, 2, 3])
+    with tf.GradientTape() as tape:
+        loss = head_cross_entropy(
+            hidden, table, labels, tf.ones(3), table_gradient=False
+        )
+    d_hidden, d_table = tape.gradient(loss, [hidden, table])
+    assert d_table is None
+    assert np.abs(d_hidden.numpy()).sum() > 0
+
+
+# === The train step ===
+
+
+def train(
+    fused,
+    tie=True,
+    weighted_metrics="auto",
+    sample_weight="mask",
+    loss="auto",
+    dtype="float32",
+):
+    keras.utils.set_random_seed(1)
+    backbone = kgs.GPTBackbone(
+        dtype=dtype,
+        vocabulary_size=VOCAB,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=16,
+        dropout=0.0,
+        tie_weights=tie,
+    )
+    lm = kgs.GPTCausalLM(backbone, preprocessor=None)
+    lm.fused_head_loss = fused
+    lm.compile(
+        optimizer=keras.optimizers.SGD(0.5),
+        loss=loss,
+        weighted_metrics=weighted_metrics,
+    )
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, VOCAB, (6, 13)).astype("int32")
+    mask = np.ones((6, 12), bool)
+    mask[0, 7:] = False
+    mask[3, 2:] = False
+    weights = {
+        "mask": mask,
+        "uneven": mask * rng.uniform(0, 2, mask.shape).astype("float32"),
+        None: None,
+    }[sample_weight]
+    x = {"token_ids": ids[:, :-1], "padding_mask": mask}
+    history = lm.fit(
+        x,
+        ids[:, 1:],
+        sample_weight=weights,
+        batch_size=3,
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+    )
+    scores = lm.evaluate(
+        x, ids[:, 1:], sample_weight=weights, batch_size=3, verbose=0, return_dict=True
+    )
+    return history.history, lm.get_weights(), scores
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"tie": False},
+        {"weighted_metrics": []},
+        {"sample_weight": None},
+        {"sample_weight": "uneven"},
+        {"dtype": "mixed_bfloat16"},
+    ],
+    ids=["tied", "untied", "no-metrics", "no-weights", "uneven-weights", "bf16"],
+)
+def test_fused_fit_matches_keras_train_step(options, monkeypatch):
+    calls = []
+    original = gpt_causal_lm.head_cross_entropy
+    monkeypatch.setattr(
+        gpt_causal_lm,
+        "head_cross_entropy",
+        lambda *a, **k: calls.append(1) or original(*a, **k),
+    )
+    fused_history, fused_weights, fused_scores = train(True, **options)
+    assert len(calls) == 2, "the fused train and test steps did not both run"
+    calls.clear()
+    keras_history, keras_weights, keras_scores = train(False, **options)
+    assert not calls
+    float32 = options.get("dtype", "float32") == "float32"
+    tolerance, weight_tolerance = (1e-5, 2e-6) if float32 else (2e-2, 5e-2)
+    assert fused_history.keys() == keras_history.keys()
+    for name in keras_history:
+        np.testing.assert_allclose(
+            fused_history[name], keras_history[name], rtol=tolerance
+        )
+    if "sparse_categorical_accuracy" in keras_history:
+        assert (
+            max(keras_history["sparse_categorical_accuracy"]) > 0
+        )  # compared non-zero
+    for a, b in zip(fused_weights, keras_weights, strict=True):
+        np.testing.assert_allclose(a, b, atol=weight_tolerance)
+    assert fused_scores.keys() == keras_scores.keys()
+    for name, value in keras_scores.items():
+        assert fused_scores[name] == pytest.approx(value, rel=tolerance)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
+        {"loss": kgs.CrossEntropy(reduction="sum")},
+        {"weighted_metrics": [keras.metrics.SparseTopKCategoricalAccuracy(k=5)]},
+    ],
+    ids=["keras-loss", "sum-reduction", "top-k-metric"],
+)
+def test_other_losses_and_metrics_use_keras_train_step(options, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        gpt_causal_lm, "head_cross_entropy", lambda *a, **k: calls.append(1)
+    )
+    history, _, _ = train(True, **options)
+    assert not calls
+    assert np.isfinite(history["loss"]).all()
