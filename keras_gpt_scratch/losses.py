@@ -42,6 +42,15 @@ def _backward(logits, labels, lse, upstream):
 _cross_entropy = fused(_forward, _backward, residuals=True)
 
 
+def _bad_label(label):
+    which = "A label" if label is None else f"Label {label}"
+    return (
+        f"{which} is outside the vocabulary [0, vocabulary_size). Labels "
+        "are next-token ids; to leave positions out of the loss (instead "
+        "of -100 labels), give them sample_weight 0, e.g. the padding mask."
+    )
+
+
 def sparse_cross_entropy(labels, logits):
     """Per-token cross-entropy of integer `labels` under `logits`.
 
@@ -56,16 +65,8 @@ def sparse_cross_entropy(labels, logits):
     logits = tf.cast(logits, "float32")
     vocabulary_size = tf.shape(logits)[-1]
 
-    def bad_label(label):
-        which = "A label" if label is None else f"Label {label}"
-        return (
-            f"{which} is outside the vocabulary [0, vocabulary_size). Labels "
-            "are next-token ids; to leave positions out of the loss (instead "
-            "of -100 labels), give them sample_weight 0, e.g. the padding mask."
-        )
-
     # XLA's gather would clamp a bad label silently, and Keras' kernel names it.
-    labels = check_ids(tf.cast(labels, "int32"), vocabulary_size, bad_label)
+    labels = check_ids(tf.cast(labels, "int32"), vocabulary_size, _bad_label)
     shape = tf.shape(labels)
     flat = _cross_entropy(
         tf.reshape(logits, (-1, tf.shape(logits)[-1])), tf.reshape(labels, (-1,))
@@ -171,12 +172,13 @@ def head_cross_entropy(
     is the same three matmuls as unfused.
 
     Args:
-        hidden_states: float tensor `(rows, hidden_dim)`, in the head's compute
-            dtype.
+        hidden_states: float tensor `(rows, hidden_dim)`, in the table's
+            dtype. Under float16 the gradient of the unscaled loss can
+            underflow; `GPTCausalLM` leaves mixed_float16 to Keras' steps.
         table: float tensor `(vocabulary_size, hidden_dim)`, the tied
             embedding table, in the same dtype.
         labels: int32 tensor `(rows,)`, each in `[0, vocabulary_size)`.
-        weights: float32 tensor `(rows,)`, each row's loss weight.
+        weights: float tensor `(rows,)`, each row's loss weight.
         gradients: whether to compute gradients at all (`False` to evaluate:
             the result is then constant).
         table_gradient: whether to compute the table's gradient (`False` when
@@ -193,16 +195,27 @@ def head_cross_entropy(
         `hidden_states` and `table`; with `hits=True`, the pair of it and a
         float32 `(rows,)` tensor, 1 where the argmax is the label, else 0.
     """
-    labels = tf.cast(labels, "int32")
+    vocabulary_size = tf.shape(table)[1 if transposed_table else 0]
+    labels = check_ids(tf.cast(labels, "int32"), vocabulary_size, _bad_label)
     weights = tf.cast(weights, "float32")
+    rows = tf.shape(hidden_states)[0]
+    # XLA would clamp an out-of-range read instead of failing.
+    checks = [
+        tf.debugging.assert_equal(
+            tf.size(labels), rows, "labels must have one per row"
+        ),
+        tf.debugging.assert_equal(
+            tf.size(weights), rows, "weights must have one per row"
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        labels = tf.identity(labels)
 
     table_gradient = table_gradient and gradients
     chunk_loss = _chunk_loss_xla[gradients, hits]
 
     def run(hidden_states, table):
-        rows = tf.shape(hidden_states)[0]
         width = tf.shape(hidden_states)[1]
-        vocabulary_size = tf.shape(table)[1 if transposed_table else 0]
         most = tf.maximum(chunk_logits // vocabulary_size, 1)
         steps = tf.maximum((rows + most - 1) // most, 1)
         chunk = tf.maximum((rows + steps - 1) // steps, 1)
@@ -218,9 +231,9 @@ def head_cross_entropy(
             loss_sum += out.pop(0)
             if gradients:
                 grad = tf.cast(out.pop(0), table.dtype)  # (chunk, V)
-                # (chunk, V) @ (V, C)
+                # (chunk, V) @ (V, C), kept in float32 until scaled
                 d_h = tf.matmul(grad, table, transpose_b=transposed_table)
-                d_hidden = d_hidden.write(i, d_h)
+                d_hidden = d_hidden.write(i, tf.cast(d_h, "float32"))
             if table_gradient:  # (V, chunk) @ (chunk, C), summed in float32
                 d_t = (
                     tf.matmul(h[i], grad, transpose_a=True)
@@ -239,7 +252,7 @@ def head_cross_entropy(
                 tf.constant(0),
                 tf.constant(0.0),
                 tf.zeros(tf.shape(table) if table_gradient else (0, 0), "float32"),
-                tf.TensorArray(hidden_states.dtype, size=steps if gradients else 0),
+                tf.TensorArray("float32", size=steps if gradients else 0),
                 tf.TensorArray("float32", size=steps if hits else 0),
             ),
             parallel_iterations=1,  # one chunk's logits alive at a time
@@ -255,7 +268,7 @@ def head_cross_entropy(
         def grad(d_loss, *unused_d_hits):  # hits are not differentiable
             d_loss = tf.cast(d_loss, "float32")
             return (
-                tf.cast(d_loss, d_hidden.dtype) * d_hidden,
+                tf.cast(d_loss * d_hidden, hidden_states.dtype),
                 tf.cast(d_loss * d_table, table.dtype) if table_gradient else None,
             )
 

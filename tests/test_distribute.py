@@ -44,22 +44,25 @@ MIRRORED_SCRIPT = textwrap.dedent(
     ids = rng.integers(0, 50257, (4, 17)).astype("int32")
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((4, 16), "int32")}
 
-    def one_step(strategy):
+    def one_step(strategy, loss=None):
         keras.utils.set_random_seed(0)
         with strategy.scope():
             lm = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), preprocessor=None)
             lm.compile(
                 optimizer=keras.optimizers.AdamW(1e-2),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                weighted_metrics=[],
+                loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             )
         ds = tf.data.Dataset.from_tensor_slices((x, ids[:, 1:])).batch(4)
-        loss = lm.fit(ds, epochs=1, verbose=0).history["loss"][0]
-        return loss, [w.numpy() for w in lm.weights], strategy.num_replicas_in_sync
+        history = lm.fit(ds, epochs=1, verbose=0).history
+        return history, [w.numpy() for w in lm.weights], strategy.num_replicas_in_sync
 
-    l1, w1, n1 = one_step(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    l2, w2, n2 = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    h1, w1, n1 = one_step(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    h2, w2, n2 = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    # The default loss runs the fused head + loss step (GPTCausalLM.train_step).
+    h3, w3, _ = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), "auto")
+    l1, l2 = h1["loss"][0], h2["loss"][0]
     diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w2))
+    fused_diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w3))
     moved = max(float(np.abs(a).max()) for a in w1)
     try:
         distribute.check_global_batch(5, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
@@ -67,7 +70,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
     except ValueError as e:
         batch_error = str(e)
     print("RESULT", json.dumps({"loss1": l1, "loss2": l2, "replicas": [n1, n2],
-                                "max_weight_diff": diff, "batch_error": batch_error}))
+                                "max_weight_diff": diff, "batch_error": batch_error,
+                                "fused": h3, "keras": h1, "fused_weight_diff": fused_diff}))
     """
 )
 
@@ -91,6 +95,10 @@ def test_mirrored_over_two_cpus_matches_one_device():
     assert got["loss1"] == pytest.approx(got["loss2"], rel=1e-5)
     assert got["max_weight_diff"] < 1e-5
     assert "not divisible by the 2 replicas" in got["batch_error"]
+    # The fused head + loss step over two replicas, against Keras' on one.
+    for name, value in got["keras"].items():
+        assert got["fused"][name] == pytest.approx(value, rel=1e-5)
+    assert got["fused_weight_diff"] < 1e-5
 
 
 def test_gradient_accumulation_equals_a_larger_batch():

@@ -96,6 +96,10 @@ def test_frozen_table_gets_no_gradient():
 # === The train step ===
 
 
+def regularize(layer):
+    layer.activity_regularizer = keras.regularizers.L2(1e-2)
+
+
 def train(
     fused,
     tie=True,
@@ -103,6 +107,9 @@ def train(
     sample_weight="mask",
     loss="auto",
     dtype="float32",
+    metrics=None,
+    jit_compile=False,
+    change=None,
 ):
     keras.utils.set_random_seed(1)
     backbone = kgs.GPTBackbone(
@@ -117,10 +124,14 @@ def train(
     )
     lm = kgs.GPTCausalLM(backbone, preprocessor=None)
     lm.fused_head_loss = fused
+    if change:
+        change(lm)
     lm.compile(
         optimizer=keras.optimizers.SGD(0.5),
         loss=loss,
+        metrics=metrics,
         weighted_metrics=weighted_metrics,
+        jit_compile=jit_compile,
     )
     rng = np.random.default_rng(0)
     ids = rng.integers(0, VOCAB, (6, 13)).astype("int32")
@@ -130,6 +141,7 @@ def train(
     weights = {
         "mask": mask,
         "uneven": mask * rng.uniform(0, 2, mask.shape).astype("float32"),
+        "per-sequence": np.array([[1], [0.5], [2], [1], [0], [1]], "float32"),
         None: None,
     }[sample_weight]
     x = {"token_ids": ids[:, :-1], "padding_mask": mask}
@@ -156,9 +168,26 @@ def train(
         {"weighted_metrics": []},
         {"sample_weight": None},
         {"sample_weight": "uneven"},
+        {"sample_weight": "per-sequence"},
         {"dtype": "mixed_bfloat16"},
+        {"metrics": ["accuracy"], "weighted_metrics": []},
+        {"jit_compile": True},
+        {"change": lambda lm: regularize(lm.backbone.get_layer("transformer_layer_0"))},
+        {"change": lambda lm: setattr(lm.backbone.token_embedding, "trainable", False)},
     ],
-    ids=["tied", "untied", "no-metrics", "no-weights", "uneven-weights", "bf16"],
+    ids=[
+        "tied",
+        "untied",
+        "no-metrics",
+        "no-weights",
+        "uneven-weights",
+        "sequence-weights",
+        "bf16",
+        "unweighted-accuracy",
+        "xla",
+        "regularizer",
+        "frozen-table",
+    ],
 )
 def test_fused_fit_matches_keras_train_step(options, monkeypatch):
     calls = []
@@ -166,10 +195,11 @@ def test_fused_fit_matches_keras_train_step(options, monkeypatch):
     monkeypatch.setattr(
         gpt_causal_lm,
         "head_cross_entropy",
-        lambda *a, **k: calls.append(1) or original(*a, **k),
+        lambda *a, **k: calls.append(k["gradients"]) or original(*a, **k),
     )
     fused_history, fused_weights, fused_scores = train(True, **options)
-    assert len(calls) == 2, "the fused train and test steps did not both run"
+    # Traced once or more each: fit's step (gradients) and evaluate's.
+    assert set(calls) == {True, False}, "the fused steps did not both run"
     calls.clear()
     keras_history, keras_weights, keras_scores = train(False, **options)
     assert not calls
@@ -197,8 +227,18 @@ def test_fused_fit_matches_keras_train_step(options, monkeypatch):
         {"loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
         {"loss": kgs.CrossEntropy(reduction="sum")},
         {"weighted_metrics": [keras.metrics.SparseTopKCategoricalAccuracy(k=5)]},
+        {"loss": type("Smoothed", (kgs.CrossEntropy,), {})()},
+        {"dtype": "mixed_float16"},
+        {"change": lambda lm: regularize(lm.backbone.token_embedding)},
     ],
-    ids=["keras-loss", "sum-reduction", "top-k-metric"],
+    ids=[
+        "keras-loss",
+        "sum-reduction",
+        "top-k-metric",
+        "loss-subclass",
+        "float16",
+        "logit-regularizer",
+    ],
 )
 def test_other_losses_and_metrics_use_keras_train_step(options, monkeypatch):
     calls = []
@@ -208,3 +248,56 @@ def test_other_losses_and_metrics_use_keras_train_step(options, monkeypatch):
     history, _, _ = train(True, **options)
     assert not calls
     assert np.isfinite(history["loss"]).all()
+
+
+def test_labels_outside_the_vocabulary_are_an_error():
+    lm = kgs.GPTCausalLM(
+        kgs.GPTBackbone(
+            vocabulary_size=VOCAB,
+            num_layers=1,
+            num_heads=2,
+            hidden_dim=16,
+            max_sequence_length=8,
+            dropout=0.0,
+        ),
+        preprocessor=None,
+    )
+    lm.compile(optimizer="sgd")
+    ids = np.ones((2, 8), "int32")
+    labels = ids.copy()
+    labels[1, 3] = -100
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside the vocabulary"):
+        lm.fit(x, labels, epochs=1, verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside the vocabulary"):
+        lm.evaluate(x, labels, verbose=0)
+
+
+def test_evaluate_before_fit_and_a_frozen_model():
+    lm = kgs.GPTCausalLM(
+        kgs.GPTBackbone(
+            vocabulary_size=VOCAB,
+            num_layers=1,
+            num_heads=2,
+            hidden_dim=16,
+            max_sequence_length=8,
+            dropout=0.0,
+        ),
+        preprocessor=None,
+    )
+    lm.compile(optimizer="sgd")
+    ids = RNG.integers(0, VOCAB, (2, 9)).astype("int32")
+    x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((2, 8), "int32")}
+    scores = lm.evaluate(x, ids[:, 1:], verbose=0, return_dict=True)
+    logits = lm.predict(x, verbose=0)
+    expected = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(ids[:, 1:], logits)
+    )
+    assert scores["loss"] == pytest.approx(float(expected), rel=1e-5)
+    before = lm.get_weights()
+    lm.trainable = False
+    with pytest.warns(UserWarning, match="does not have any trainable weights"):
+        history = lm.fit(x, ids[:, 1:], epochs=1, verbose=0)
+    assert history.history["loss"][0] == pytest.approx(scores["loss"], rel=1e-5)
+    for a, b in zip(before, lm.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,3 +1,4 @@
+import warnings
 from typing import Any
 
 import keras
@@ -181,7 +182,6 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         """Keras' `Model.quantize`, e.g. `"int8"`: Dense layers and the
         token embedding (and so the tied head) get int8 weights; LayerNorm
         and the position embedding stay float, without one warning each."""
-        import warnings
 
         with warnings.catch_warnings():
             warnings.filterwarnings(
@@ -217,19 +217,28 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         self._fused_head_loss = bool(value)
         self.train_function = self.test_function = None
 
-    def _fused_step_metrics(self, data, y, sample_weight):
+    def _fused_step_metrics(self, y, sample_weight):
         """Accuracy metrics to update, as `[(metric, weighted)]`, when the
         fused train step computes the same thing as Keras'; else None."""
         embedding = self.backbone.token_embedding
+        cls = type(self)
         if (
             not self.fused_head_loss
-            or not isinstance(self.loss, CrossEntropy)
+            # Exactly our loss: a subclass may compute something else.
+            or type(self.loss) is not CrossEntropy
             or self.loss.reduction != "sum_over_batch_size"
             or getattr(self._compile_loss, "_user_loss_weights", 0) is not None
-            or type(self).compute_loss is not CausalLM.compute_loss
-            or type(self).compute_metrics is not CausalLM.compute_metrics
+            # A subclass may change the forward pass, the loss or the metrics.
+            or cls.__init__ is not GPTCausalLM.__init__
+            or cls.call is not GPTCausalLM.call
+            or cls.compute_loss is not CausalLM.compute_loss
+            or cls.compute_metrics is not CausalLM.compute_metrics
             or getattr(embedding.dtype_policy, "quantization_mode", None)
             or getattr(embedding, "lora_enabled", False)
+            # Keras' step would regularize the logits too; ours has none.
+            or embedding.activity_regularizer is not None
+            # float16 needs the loss scale inside the head's gradient.
+            or embedding.compute_dtype == "float16"
             or not isinstance(y, tf.Tensor)
             or y.shape.rank != 2
             or (sample_weight is not None and sample_weight.shape.rank != 2)
@@ -239,12 +248,12 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         compiled = self._compile_metrics
         if compiled is not None:
             if not getattr(compiled, "built", False):
-                # Keras builds the metrics in their first update, which the
-                # fused step does not make; build them as fit() does under
-                # a distribution strategy, from symbolic shapes.
-                self._symbolic_build(data_batch=data)
-            if not getattr(compiled, "built", False):
-                return None
+                # Keras builds them in their first update, which the fused
+                # step does not make; build them from the logits' shape.
+                logits = keras.KerasTensor(
+                    (*y.shape, embedding.input_dim), dtype="float32"
+                )
+                compiled.build(keras.KerasTensor(y.shape, y.dtype.name), logits)
             groups = (
                 (getattr(compiled, "_flat_metrics", None), False),
                 (getattr(compiled, "_flat_weighted_metrics", None), True),
@@ -265,8 +274,11 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         if sample_weight is None:
             weights = tf.ones_like(y, "float32")
         else:
-            weights = sample_weight = tf.cast(sample_weight, "float32")  # (B, T)
+            # (B, T), or (B, 1) for whole sequences, as Keras broadcasts them.
+            sample_weight = tf.cast(sample_weight, "float32")
+            weights = tf.broadcast_to(sample_weight, tf.shape(y))
         hidden_states = self.backbone(x, training=training)  # (B, T, C)
+        hidden_states = ops.cast(hidden_states, embedding.compute_dtype)
         if embedding.tie_weights:
             table = embedding.embeddings  # (V, C)
         else:
@@ -308,16 +320,23 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         See `fused_head_loss`; where it does not apply this is Keras' own.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        metrics = self._fused_step_metrics(data, y, sample_weight)
+        metrics = self._fused_step_metrics(y, sample_weight)
         if metrics is None:
             return super().train_step(data)
         with tf.GradientTape() as tape:
             loss = self._fused_loss(x, y, sample_weight, metrics, training=True)
             if self.optimizer is not None:
                 loss = self.optimizer.scale_loss(loss)
-        trainable_weights = self.trainable_weights
-        gradients = tape.gradient(loss, trainable_weights)
-        self.optimizer.apply_gradients(zip(gradients, trainable_weights, strict=True))
+        if self.trainable_weights:
+            trainable_weights = self.trainable_weights
+            gradients = tape.gradient(loss, trainable_weights)
+            self.optimizer.apply_gradients(
+                zip(gradients, trainable_weights, strict=True)
+            )
+        else:
+            warnings.warn(
+                "The model does not have any trainable weights.", stacklevel=2
+            )
         return self.get_metrics_result()
 
     def test_step(self, data):
@@ -326,7 +345,7 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         See `fused_head_loss`; where it does not apply this is Keras' own.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        metrics = self._fused_step_metrics(data, y, sample_weight)
+        metrics = self._fused_step_metrics(y, sample_weight)
         if metrics is None:
             return super().test_step(data)
         self._fused_loss(x, y, sample_weight, metrics, training=False)
