@@ -250,7 +250,7 @@ def test_other_losses_and_metrics_use_keras_train_step(options, monkeypatch):
     assert np.isfinite(history["loss"]).all()
 
 
-def test_labels_outside_the_vocabulary_are_an_error():
+def small_lm():
     lm = kgs.GPTCausalLM(
         kgs.GPTBackbone(
             vocabulary_size=VOCAB,
@@ -263,6 +263,11 @@ def test_labels_outside_the_vocabulary_are_an_error():
         preprocessor=None,
     )
     lm.compile(optimizer="sgd")
+    return lm
+
+
+def test_labels_outside_the_vocabulary_are_an_error():
+    lm = small_lm()
     ids = np.ones((2, 8), "int32")
     labels = ids.copy()
     labels[1, 3] = -100
@@ -274,18 +279,7 @@ def test_labels_outside_the_vocabulary_are_an_error():
 
 
 def test_evaluate_before_fit_and_a_frozen_model():
-    lm = kgs.GPTCausalLM(
-        kgs.GPTBackbone(
-            vocabulary_size=VOCAB,
-            num_layers=1,
-            num_heads=2,
-            hidden_dim=16,
-            max_sequence_length=8,
-            dropout=0.0,
-        ),
-        preprocessor=None,
-    )
-    lm.compile(optimizer="sgd")
+    lm = small_lm()
     ids = RNG.integers(0, VOCAB, (2, 9)).astype("int32")
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((2, 8), "int32")}
     scores = lm.evaluate(x, ids[:, 1:], verbose=0, return_dict=True)
