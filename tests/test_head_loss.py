@@ -96,6 +96,18 @@ def test_frozen_table_gets_no_gradient():
 # === The train step ===
 
 
+def small_backbone(**overrides):
+    config = dict(
+        vocabulary_size=VOCAB,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=16,
+        dropout=0.0,
+    )
+    return kgs.GPTBackbone(**{**config, **overrides})
+
+
 def regularize(layer):
     layer.activity_regularizer = keras.regularizers.L2(1e-2)
 
@@ -112,17 +124,7 @@ def train(
     change=None,
 ):
     keras.utils.set_random_seed(1)
-    backbone = kgs.GPTBackbone(
-        dtype=dtype,
-        vocabulary_size=VOCAB,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        max_sequence_length=16,
-        dropout=0.0,
-        tie_weights=tie,
-    )
-    lm = kgs.GPTCausalLM(backbone, preprocessor=None)
+    lm = kgs.GPTCausalLM(small_backbone(dtype=dtype, tie_weights=tie), None)
     lm.fused_head_loss = fused
     if change:
         change(lm)
@@ -251,17 +253,7 @@ def test_other_losses_and_metrics_use_keras_train_step(options, monkeypatch):
 
 
 def small_lm():
-    lm = kgs.GPTCausalLM(
-        kgs.GPTBackbone(
-            vocabulary_size=VOCAB,
-            num_layers=1,
-            num_heads=2,
-            hidden_dim=16,
-            max_sequence_length=8,
-            dropout=0.0,
-        ),
-        preprocessor=None,
-    )
+    lm = kgs.GPTCausalLM(small_backbone(), preprocessor=None)
     lm.compile(optimizer="sgd")
     return lm
 
