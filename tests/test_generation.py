@@ -67,6 +67,23 @@ def test_cached_equals_uncached_greedy_for_long_prompts(lm):
         np.testing.assert_array_equal(out["token_ids"][i], uncached_greedy(lm, row, 50))
 
 
+def test_batch_of_one_decodes_through_transposed_kernels(lm):
+    """Batch 1 multiplies by `Linear.one_row_kernel`s inside the compiled
+    loop; the tokens are still the uncached ones, and no layer keeps them."""
+    rng = np.random.default_rng(2)
+    for n in (1, 9, 60):
+        row = rng.integers(0, 50257, n).tolist()
+        out = lm.generate(padded([row], 64), stop_token_ids=None)
+        np.testing.assert_array_equal(out["token_ids"][0], uncached_greedy(lm, row, 64))
+    linears = [
+        layer
+        for layer in lm.backbone._flatten_layers()
+        if isinstance(layer, kgs.Linear)
+    ]
+    assert len(linears) == 6 * MICRO["num_layers"]
+    assert all(layer._one_row_kernel is None for layer in linears)
+
+
 @pytest.mark.parametrize("end", [1, 32, 33, 50])
 def test_chunked_prefill_equals_one_pass(lm, end):
     assert kgs.models.gpt_causal_lm.PREFILL_CHUNK == 32

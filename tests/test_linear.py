@@ -43,6 +43,37 @@ def test_float_linear_is_dense():
     assert [v.path.split("/")[-1] for v in layer.weights] == ["kernel", "bias"]
 
 
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla", "xla_unknown_rows"])
+def test_one_row_kernel_gives_dense_results(use_bias, mode):
+    """With `_one_row_kernel` set (as while decoding), one row multiplies the
+    transposed kernel and more rows the kernel; both are still `Dense`."""
+    layer = kgs.Linear(6, use_bias=use_bias, activation="tanh")
+    layer.build((None, None, 8))
+    weights = [rand(8, 6)] + ([rand(6)] if use_bias else [])
+    layer.set_weights(weights)
+    kernel_t = layer.one_row_kernel()
+    np.testing.assert_array_equal(kernel_t, weights[0].T)
+    bias = weights[1] if use_bias else 0.0
+
+    def call(x):
+        layer._one_row_kernel = kernel_t
+        try:
+            return layer(x)
+        finally:
+            layer._one_row_kernel = None
+
+    if mode == "xla_unknown_rows":
+        spec = tf.TensorSpec((None, None, 8), tf.float32)
+        call = tf.function(call, input_signature=[spec], jit_compile=True)
+    elif mode != "eager":
+        call = tf.function(call, jit_compile=mode == "xla")
+    for shape in ((1, 1, 8), (2, 3, 8)):
+        x = rand(*shape)
+        np.testing.assert_allclose(call(x), np.tanh(x @ weights[0] + bias), atol=1e-5)
+    assert layer._one_row_kernel is None
+
+
 def test_int8_keeps_keras_weights_and_saves_no_copy():
     ours, ref = twins()
     assert [v.name for v in ours.weights] == [v.name for v in ref.weights]

@@ -65,7 +65,8 @@ class Linear(keras.layers.Dense):
     copy (`units * input_dim` int8 bytes) is rebuilt on quantizing, on
     loading and by `set_weights` (here or on a `GPTBackbone`/`GPTCausalLM`),
     and is not saved. After assigning the int8 `_kernel` any other way, call
-    `sync_int8_kernel()`.
+    `sync_int8_kernel()`. In float, batch-1 decoding multiplies by the kernel
+    transposed, made once per `generate` call (`one_row_kernel`).
 
     Args:
         units: int. Output width.
@@ -82,6 +83,50 @@ class Linear(keras.layers.Dense):
     y8 = layer(np.zeros((2, 3, 768), "float32"))  # int8 weights
     ```
     """
+
+    # Set by `GPTCausalLM` while it traces a decoding loop; see `call`.
+    _one_row_kernel = None
+
+    def call(self, inputs, training=None):
+        if self._one_row_kernel is None:
+            return super().call(inputs, training=training)
+        rows = 1
+        for dim in inputs.shape[:-1]:
+            rows = None if rows is None or dim is None else rows * dim
+        if rows is not None:  # known while tracing
+            if rows == 1:
+                return self._one_row_call(inputs)
+            return super().call(inputs, training=training)
+        # Known when XLA compiles, which then keeps one branch.
+        return tf.cond(
+            tf.reduce_prod(tf.shape(inputs)[:-1]) == 1,
+            lambda: self._one_row_call(inputs),
+            lambda: super(Linear, self).call(inputs, training=training),
+        )
+
+    def one_row_kernel(self):
+        """The kernel transposed, `(units, input_dim)`, in the compute dtype.
+
+        XLA multiplies one row by it faster than by Keras' `(input_dim,
+        units)` layout: on this project's CPU, chains of GPT-2 124M's layer
+        kernels were read at 27-35 GB/s instead of 18-23 GB/s. `call` uses
+        it while `_one_row_kernel` is set, as `GPTCausalLM.generate` does.
+        """
+        return ops.transpose(ops.cast(self.kernel, self.compute_dtype))
+
+    def _one_row_call(self, inputs):
+        shape = ops.shape(inputs)
+        # Any number of rows, as XLA first compiles both branches of `call`.
+        x = ops.reshape(inputs, (-1, shape[-1]))
+        y = tf.matmul(x, self._one_row_kernel, transpose_b=True)  # (rows, units)
+        if self.bias is not None:
+            # `y - (-b)`: XLA would fuse `y + b` into its own one-row product
+            # loop, which ran on one thread at about 18 GB/s.
+            y = ops.subtract(y, ops.negative(ops.cast(self.bias, y.dtype)))
+        y = ops.reshape(y, (*shape[:-1], self.units))
+        if self.activation is not None:
+            y = self.activation(y)
+        return y
 
     def quantize(self, mode=None, type_check=True, config=None):
         super().quantize(mode, type_check=False, config=config)
