@@ -101,3 +101,13 @@ def test_loss_case_is_reported_as_a_ratio_not_in_the_table():
     assert "SparseCategoricalCrossentropy 600 ms" in table
     assert "4.00x" in table
     assert ("loss", ["ours", "keras"]) in bench.plan(["loss"], torch_ok=True)
+
+
+def test_limits_take_the_faster_memory_read():
+    lim = bench.worker_limits(quick=True)
+    assert lim["numpy_read_bandwidth_gbs"] > 0 and lim["tf_read_bandwidth_gbs"] > 0
+    assert lim["read_bandwidth_gbs"] == max(
+        lim["numpy_read_bandwidth_gbs"], lim["tf_read_bandwidth_gbs"]
+    )
+    table = bench.render({"limits": lim})
+    assert "(TF sum " in table and "on one core)" in table

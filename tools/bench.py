@@ -88,16 +88,26 @@ def worker_limits(quick: bool) -> dict:
         an @ bn
     np_gflops = 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
+    # Memory read: NumPy's sum uses one core, TensorFlow's all of them; the
+    # bound is the faster (one core read 24 GB/s here, two about 31).
     big = np.ones(((128 if quick else 512) * 2**20) // 4, "float32")
     big.sum()
     t = time.perf_counter()
     for _ in range(5):
         big.sum()
-    bandwidth = big.nbytes * 5 / (time.perf_counter() - t) / 1e9
+    np_bandwidth = big.nbytes * 5 / (time.perf_counter() - t) / 1e9
+    big_tf = tf.constant(big)
+    tf.reduce_sum(big_tf).numpy()
+    t = time.perf_counter()
+    for _ in range(5):
+        tf.reduce_sum(big_tf).numpy()
+    tf_bandwidth = big.nbytes * 5 / (time.perf_counter() - t) / 1e9
     return {
         "tf_matmul_gflops": tf_gflops,
         "numpy_matmul_gflops": np_gflops,
-        "read_bandwidth_gbs": bandwidth,
+        "numpy_read_bandwidth_gbs": np_bandwidth,
+        "tf_read_bandwidth_gbs": tf_bandwidth,
+        "read_bandwidth_gbs": max(np_bandwidth, tf_bandwidth),
         "peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -526,6 +536,12 @@ def render(summary: dict) -> str:
             f"machine limits: TF+oneDNN matmul {_fmt(lim['tf_matmul_gflops'])} GFLOP/s, "
             f"NumPy matmul {_fmt(lim['numpy_matmul_gflops'])} GFLOP/s, "
             f"memory read {_fmt(lim['read_bandwidth_gbs'])} GB/s"
+            + (
+                f" (TF sum {_fmt(lim['tf_read_bandwidth_gbs'])}, NumPy sum "
+                f"{_fmt(lim['numpy_read_bandwidth_gbs'])} on one core)"
+                if "tf_read_bandwidth_gbs" in lim
+                else ""
+            )
         )
     header = "| case | contender | tokens/s | vs keras_hub | first call s | peak RSS MB | MFU / of bound |"
     lines += ["", header, "|---|---|---|---|---|---|---|"]
@@ -574,7 +590,9 @@ def markdown(meta: dict, table: str) -> str:
         "Each contender ran in its own process, alternating within rounds; the "
         "figures are medians over rounds. MFU = tokens/s x (6 x matmul parameters "
         "+ 12 L C T) / the TF+oneDNN matmul peak measured in the same run. "
-        "The generation bound is batch x bandwidth / weight bytes. Training: "
+        "The generation bound is batch x bandwidth / weight bytes, with the "
+        "faster of two memory-read measures (TF's sum on all cores, NumPy's on "
+        "one). Training: "
         "Keras AdamW (1e-4) for both Keras models with each model's own default "
         "loss (ours: kgs.CrossEntropy; keras_hub: SparseCategoricalCrossentropy), "
         "dropout 0; tokens/s is batch tokens over the median step time, the "
