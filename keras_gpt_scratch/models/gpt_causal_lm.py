@@ -207,9 +207,10 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         training) the projection's gradients in chunks of rows
         (`losses.head_cross_entropy`), so the `(batch, sequence,
         vocabulary_size)` logits are never held whole: `gpt_tiny`'s peak RSS
-        in training at batch 16 x 256 fell from 3.4 to 2.3 GB
-        (`tools/bench.py`), at the same loss, gradients and accuracy. Otherwise, or with this `False`, they run the model and
-        then the loss, as Keras does.
+        in training at batch 16 x 256 fell from 3.4 to 2.3 GB, and is 2.7
+        GB with two chunks overlapping (`tools/bench.py`), at the same loss,
+        gradients and accuracy. Otherwise, or with this `False`, they run
+        the model and then the loss, as Keras does.
         """
         return getattr(self, "_fused_head_loss", True)
 
