@@ -67,9 +67,18 @@ def test_cached_equals_uncached_greedy_for_long_prompts(lm):
         np.testing.assert_array_equal(out["token_ids"][i], uncached_greedy(lm, row, 50))
 
 
-def test_batch_of_one_decodes_through_transposed_kernels(lm):
+def test_batch_of_one_decodes_through_transposed_kernels(lm, monkeypatch):
     """Batch 1 multiplies by `Linear.one_row_kernel`s inside the compiled
     loop; the tokens are still the uncached ones, and no layer keeps them."""
+    one_row_calls = []
+    one_row_call = kgs.Linear._one_row_call
+
+    def counted(self, inputs):
+        one_row_calls.append(self.name)
+        return one_row_call(self, inputs)
+
+    monkeypatch.setattr(kgs.Linear, "_one_row_call", counted)
+    lm.generate_function = None  # a fresh trace, which counts the calls
     rng = np.random.default_rng(2)
     for n in (1, 9, 60):
         row = rng.integers(0, 50257, n).tolist()
@@ -81,6 +90,7 @@ def test_batch_of_one_decodes_through_transposed_kernels(lm):
         if isinstance(layer, kgs.Linear)
     ]
     assert len(linears) == 6 * MICRO["num_layers"]
+    assert sorted(set(one_row_calls)) == sorted({layer.name for layer in linears})
     assert all(layer._one_row_kernel is None for layer in linears)
 
 

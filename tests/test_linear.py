@@ -52,12 +52,12 @@ def test_one_row_kernel_gives_dense_results(use_bias, mode):
     layer.build((None, None, 8))
     weights = [rand(8, 6)] + ([rand(6)] if use_bias else [])
     layer.set_weights(weights)
-    kernel_t = layer.one_row_kernel()
-    np.testing.assert_array_equal(kernel_t, weights[0].T)
+    np.testing.assert_array_equal(layer.one_row_kernel(), weights[0].T)
     bias = weights[1] if use_bias else 0.0
 
-    def call(x):
-        layer._one_row_kernel = kernel_t
+    def call(x, scale):
+        # scale 2 tells which kernel a call multiplied.
+        layer._one_row_kernel = layer.one_row_kernel() * scale
         try:
             return layer(x)
         finally:
@@ -65,13 +65,39 @@ def test_one_row_kernel_gives_dense_results(use_bias, mode):
 
     if mode == "xla_unknown_rows":
         spec = tf.TensorSpec((None, None, 8), tf.float32)
-        call = tf.function(call, input_signature=[spec], jit_compile=True)
+        call = tf.function(
+            call,
+            input_signature=[spec, tf.TensorSpec((), tf.float32)],
+            jit_compile=True,
+        )
     elif mode != "eager":
         call = tf.function(call, jit_compile=mode == "xla")
-    for shape in ((1, 1, 8), (2, 3, 8)):
-        x = rand(*shape)
-        np.testing.assert_allclose(call(x), np.tanh(x @ weights[0] + bias), atol=1e-5)
+    for scale in (1.0, 2.0):
+        one, many = rand(1, 1, 8), rand(2, 3, 8)
+        want = np.tanh(one @ (scale * weights[0]) + bias)
+        np.testing.assert_allclose(call(one, tf.constant(scale)), want, atol=1e-5)
+        want = np.tanh(many @ weights[0] + bias)
+        np.testing.assert_allclose(call(many, tf.constant(scale)), want, atol=1e-5)
     assert layer._one_row_kernel is None
+
+
+def test_one_row_kernel_of_another_graph_is_ignored():
+    """A kernel set for a trace is not used by calls outside that trace."""
+    layer = kgs.Linear(6)
+    x = rand(1, 1, 8)
+    want = layer(x).numpy()
+    with tf.Graph().as_default():
+        layer._one_row_kernel = tf.zeros((6, 8))
+    try:
+        np.testing.assert_allclose(layer(x), want, atol=1e-6)
+    finally:
+        layer._one_row_kernel = None
+
+
+def test_one_row_kernel_refuses_quantized_layers():
+    ours, _ = twins()
+    with pytest.raises(ValueError, match="quantized"):
+        ours.one_row_kernel()
 
 
 def test_int8_keeps_keras_weights_and_saves_no_copy():

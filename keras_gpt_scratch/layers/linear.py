@@ -51,6 +51,21 @@ def int8_matmul(x, kernel_t, kernel_scale, inputs_quantizer=None):
     return tf.cond(tf.shape(x)[0] == 1, weight_only, int8_dot)
 
 
+def _visible_here(tensor) -> bool:
+    """Whether `tensor` belongs to the graph being traced or one around it,
+    so a layer used elsewhere meanwhile (eagerly, in another function or
+    thread) ignores a kernel that `GPTCausalLM.generate` set for its trace."""
+    if not tf.is_symbolic_tensor(tensor):
+        return True  # a value, usable anywhere
+    graph = tensor.graph
+    current = tf.compat.v1.get_default_graph()
+    while current is not None:
+        if current is graph:
+            return True
+        current = getattr(current, "outer_graph", None)
+    return False
+
+
 @keras.saving.register_keras_serializable(package="keras_gpt_scratch")
 class Linear(keras.layers.Dense):
     """`keras.layers.Dense` whose int8 mode is laid out for decoding.
@@ -65,8 +80,8 @@ class Linear(keras.layers.Dense):
     copy (`units * input_dim` int8 bytes) is rebuilt on quantizing, on
     loading and by `set_weights` (here or on a `GPTBackbone`/`GPTCausalLM`),
     and is not saved. After assigning the int8 `_kernel` any other way, call
-    `sync_int8_kernel()`. In float, batch-1 decoding multiplies by the kernel
-    transposed, made once per `generate` call (`one_row_kernel`).
+    `sync_int8_kernel()`. In float, batch-1 decoding with XLA multiplies by
+    the kernel transposed, made once per `generate` call (`one_row_kernel`).
 
     Args:
         units: int. Output width.
@@ -88,7 +103,8 @@ class Linear(keras.layers.Dense):
     _one_row_kernel = None
 
     def call(self, inputs, training=None):
-        if self._one_row_kernel is None:
+        kernel_t = self._one_row_kernel
+        if kernel_t is None or not _visible_here(kernel_t):
             return super().call(inputs, training=training)
         rows = 1
         for dim in inputs.shape[:-1]:
@@ -112,6 +128,12 @@ class Linear(keras.layers.Dense):
         kernels were read at 27-35 GB/s instead of 18-23 GB/s. `call` uses
         it while `_one_row_kernel` is set, as `GPTCausalLM.generate` does.
         """
+        if self.quantization_mode is not None:
+            raise ValueError(
+                f"one_row_kernel() is for float kernels; {self.name!r} is "
+                f"quantized ({self.quantization_mode!r}), and its int8 calls "
+                "already use a transposed kernel."
+            )
         return ops.transpose(ops.cast(self.kernel, self.compute_dtype))
 
     def _one_row_call(self, inputs):
