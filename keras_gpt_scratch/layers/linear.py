@@ -44,11 +44,19 @@ def int8_matmul(x, kernel_t, kernel_scale, inputs_quantizer=None):
 
     if inputs_quantizer is None:
         return weight_only()
-    rows = x.shape[0]
+    return _if_one_row(x, weight_only, int8_dot)
+
+
+def _if_one_row(x, one_row, many_rows):
+    """`one_row()` if `x` has one row in all (every axis but the last),
+    else `many_rows()`: picked while tracing when the shape is known, else
+    by `tf.cond`, of which XLA, compiling per shape, keeps one branch."""
+    rows = 1
+    for dim in x.shape[:-1]:
+        rows = None if rows is None or dim is None else rows * dim
     if rows is not None:
-        return weight_only() if rows == 1 else int8_dot()
-    # Unknown until run time; XLA compiles per shape and keeps one branch.
-    return tf.cond(tf.shape(x)[0] == 1, weight_only, int8_dot)
+        return one_row() if rows == 1 else many_rows()
+    return tf.cond(tf.reduce_prod(tf.shape(x)[:-1]) == 1, one_row, many_rows)
 
 
 def _visible_here(tensor) -> bool:
@@ -106,16 +114,8 @@ class Linear(keras.layers.Dense):
         kernel_t = self._one_row_kernel
         if kernel_t is None or not _visible_here(kernel_t):
             return super().call(inputs, training=training)
-        rows = 1
-        for dim in inputs.shape[:-1]:
-            rows = None if rows is None or dim is None else rows * dim
-        if rows is not None:  # known while tracing
-            if rows == 1:
-                return self._one_row_call(inputs)
-            return super().call(inputs, training=training)
-        # Known when XLA compiles, which then keeps one branch.
-        return tf.cond(
-            tf.reduce_prod(tf.shape(inputs)[:-1]) == 1,
+        return _if_one_row(
+            inputs,
             lambda: self._one_row_call(inputs),
             lambda: super(Linear, self).call(inputs, training=training),
         )
