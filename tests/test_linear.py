@@ -1,5 +1,7 @@
 """`Linear`: Keras' `Dense`, with an int8 mode laid out for decoding."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -162,6 +164,63 @@ def test_int8_weight_only_inside_a_compiled_loop():
     for _ in range(3):
         want = want @ dequantized(ours) + ours.bias.numpy()
     np.testing.assert_allclose(loop(x), want, rtol=1e-4, atol=1e-5)
+
+
+def fused_computations(hlo_text):
+    """`{name: body}` of the fused computations in XLA's optimized HLO."""
+    blocks = {}
+    for block in hlo_text.split("\n}\n"):
+        head, _, body = block.strip().partition("\n")
+        if head.startswith("%fused_computation"):
+            blocks[head.split()[0]] = body
+    return blocks
+
+
+def dot_row_source(body):
+    """The op that makes the row of a fused computation's ROOT dot, looking
+    through bitcasts: `parameter` when the row comes in computed."""
+    ops = {}
+    for line in body.splitlines():
+        match = re.match(r"\s*(?:ROOT )?(%\S+) = \S+ ([\w-]+)\((%[^,)]*)?", line)
+        if match:
+            ops[match[1]] = (match[2], match[3])
+    (op, operand) = next(v for k, v in ops.items() if v[0] == "dot")
+    while True:
+        op, next_operand = ops[operand]
+        if op not in ("bitcast", "reshape", "copy"):
+            return op
+        operand = next_operand
+
+
+def test_int8_one_row_product_leaves_its_input_outside_the_weight_loop():
+    """XLA fuses the int8-to-float conversion and the product into one loop
+    over the weights. The row's own producers (here a LayerNorm's centring
+    and scaling) must stay outside it: inside, they would be recomputed for
+    every weight, which halved batch-1 decoding speed."""
+    ours, _ = twins(64, 32)
+    gamma = tf.constant(rand(32))
+
+    @tf.function(jit_compile=True)
+    def norm_then_linear(x):
+        centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+        scaled = centred * tf.math.rsqrt(tf.reduce_mean(centred**2, -1, keepdims=True))
+        return ours(scaled * gamma)
+
+    x = rand(1, 32)
+    hlo = norm_then_linear.experimental_get_compiler_ir(x)(stage="optimized_hlo")
+    loops = [
+        body
+        for body in fused_computations(hlo).values()
+        if " dot(" in body and "s8[64,32]" in body
+    ]
+    assert loops, "expected XLA to fuse the int8 conversion into the product"
+    for body in loops:
+        source = dot_row_source(body)
+        assert source == "parameter", f"the row is made in the weight loop, by {source}"
+    centred = x - x.mean(-1, keepdims=True)
+    scaled = centred / np.sqrt((centred**2).mean(-1, keepdims=True)) * gamma.numpy()
+    want = scaled @ dequantized(ours) + ours.bias.numpy()
+    np.testing.assert_allclose(norm_then_linear(x), want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("rows", [1, 3])

@@ -33,9 +33,14 @@ def int8_matmul(x, kernel_t, kernel_scale, inputs_quantizer=None):
         # conversion out of it, and then reads float weights every step. XOR
         # with a zero that it cannot prove is zero keeps the conversion in the
         # loop, fused into the matrix-vector product.
-        zero = tf.cast(tf.minimum(tf.abs(x[0, 0]), 0.0), "int8")
-        w = tf.cast(tf.bitwise.bitwise_xor(kernel_t, zero), "float32")
-        return tf.matmul(x, w, transpose_b=True) / kernel_scale
+        zero = tf.minimum(tf.abs(x[0, 0]), 0.0)
+        w = tf.cast(tf.bitwise.bitwise_xor(kernel_t, tf.cast(zero, "int8")), "float32")
+        # XLA also fuses `x`'s cheap producers (LayerNorm's scale and shift,
+        # GELU's last products) into that loop, which then recomputes them for
+        # every weight: twice as slow. A divide is costly enough that XLA
+        # leaves it, and so `x`, outside.
+        x_apart = x / (1.0 + zero)
+        return tf.matmul(x_apart, w, transpose_b=True) / kernel_scale
 
     def int8_dot():
         x_q, x_scale = inputs_quantizer(x, axis=-1)
