@@ -159,7 +159,9 @@ def stream(
     """Yield new token ids one at a time, decoding with the key/value cache.
 
     The prompt is processed in one pass; every later step feeds one token
-    through a compiled function that reads and extends the cache.
+    through a compiled function that reads and extends the cache (with XLA
+    unless `lm.generate_jit_compile` is False; it is compiled once per model
+    and cache length, in the first token's step).
     """
     _check_sampling(temperature, top_k, top_p)
     prompt_ids = [int(i) for i in prompt_ids]
@@ -173,9 +175,11 @@ def stream(
         )
     total = min(len(prompt_ids) + max_new_tokens, limit)
     cache = lm.empty_cache(1, total)
-    step = _step_function(lm)
+    prompt_step, step = _step_functions(lm)
     rng = np.random.default_rng(seed)
-    logits, cache = step(tf.constant([prompt_ids], "int32"), cache, tf.constant(0))
+    logits, cache = prompt_step(
+        tf.constant([prompt_ids], "int32"), cache, tf.constant(0)
+    )
     for position in range(len(prompt_ids), total):
         row = np.asarray(logits.numpy()[0], "float64")
         probs = _filter_logits(row[None], temperature, top_k, top_p)
@@ -188,14 +192,22 @@ def stream(
         )
 
 
-def _step_function(lm):
-    fn = getattr(lm, "_stream_step", None)
-    if fn is None:
+def _step_functions(lm):
+    """`(prompt_step, token_step)`, made once per model and reused."""
+    fns = getattr(lm, "_stream_step", None)
+    if fns is None:
 
         def step(token_ids, cache, index):
             logits, _, cache = lm.call_with_cache(token_ids, cache, index)
             return logits[:, -1, :], cache
 
-        fn = tf.function(step, reduce_retracing=True, autograph=False)
-        lm._stream_step = fn
-    return fn
+        options = dict(reduce_retracing=True, autograph=False)
+        # The one-token step runs with XLA, as `generate` does (int8 weights
+        # are read as int8 only there); the prompt's pass runs once, not worth
+        # an XLA compilation of its own.
+        fns = (
+            tf.function(step, **options),
+            tf.function(step, jit_compile=lm.generate_jit_compile, **options),
+        )
+        lm._stream_step = fns
+    return fns

@@ -5,6 +5,7 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_gpt_scratch as kgs
 from keras_gpt_scratch import generation
@@ -247,6 +248,29 @@ def test_stream_matches_cached_generate(lm):
     streamed = list(generation.stream(lm, prompt, 12, stop_token_ids=None))
     full = lm.generate(padded([prompt], 16), stop_token_ids=None)["token_ids"][0]
     np.testing.assert_array_equal(streamed, full[4:])
+
+
+def test_stream_after_quantizing_uses_the_int8_weights(lm):
+    """`quantize` drops the traced stream and generate functions: traced
+    before, they kept multiplying by the float kernels."""
+    q = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), preprocessor=None)
+    q.set_weights(lm.get_weights())
+    prompt = [464, 3290, 318, 257]
+    list(generation.stream(q, prompt, 4, stop_token_ids=None))  # a cache of 8
+    q.compile(sampler="greedy")
+    q.generate(padded([prompt], 8), stop_token_ids=None)
+    q.quantize("int8")
+    assert q.generate_function is None
+    prompt_step, token_step = generation._step_functions(q)
+    cache = q.empty_cache(1, 8)
+    ids = tf.constant([prompt], "int32")
+    logits, cache = prompt_step(ids, cache, tf.constant(0))
+    eager, _, _ = q.call_with_cache(ids, q.empty_cache(1, 8), 0)
+    np.testing.assert_allclose(logits, eager[:, -1], rtol=1e-5, atol=1e-5)
+    token = tf.constant([[11]], "int32")
+    logits, _ = token_step(token, cache, tf.constant(4))
+    eager, _, _ = q.call_with_cache(token, cache, 4)
+    np.testing.assert_allclose(logits, eager[:, -1], rtol=1e-5, atol=1e-5)
 
 
 def test_stream_stops_at_the_context_and_rejects_long_prompts(lm):

@@ -343,6 +343,22 @@ def test_position_embedding_slices_from_start_index():
     np.testing.assert_allclose(pos(x, start_index=5), table[5:8])
 
 
+def test_position_embedding_start_is_a_run_time_input_under_xla():
+    """A start given to a compiled function (a decoding position) stays an
+    input of the compiled program: as a slice's start XLA made it a constant,
+    and compiled the function again for every position."""
+    pos = kgs.PositionEmbedding(sequence_length=8)
+    x = np.zeros((1, 2, 4), "float32")
+    pos(x)
+    rows_from = tf.function(lambda start: pos(x, start_index=start), jit_compile=True)
+    hlo = rows_from.experimental_get_compiler_ir(tf.constant(3))(stage="hlo")
+    entry = next(line for line in hlo.splitlines() if line.startswith("ENTRY"))
+    assert "s32[]" in entry, entry
+    table = pos.embeddings.numpy()
+    for i in (0, 3, 6):
+        np.testing.assert_allclose(rows_from(tf.constant(i)), table[i : i + 2])
+
+
 def test_position_embedding_rejects_too_long_input():
     pos = kgs.PositionEmbedding(sequence_length=4)
     with pytest.raises(ValueError, match="context length.*4"):

@@ -64,8 +64,13 @@ class PositionEmbedding(keras.layers.Layer):
                     f"(max_sequence_length={self.sequence_length}). Truncate it."
                 ),
             )
-        dim = ops.shape(self.embeddings)[-1]
-        positions = ops.slice(self.embeddings, (start_index, 0), (length, dim))
+        if isinstance(start_index, int):
+            dim = ops.shape(self.embeddings)[-1]
+            positions = ops.slice(self.embeddings, (start_index, 0), (length, dim))
+        else:
+            # XLA needs a slice's start at compile time, so a function
+            # compiled on its own would be compiled again for every position.
+            positions = ops.take(self.embeddings, start_index + ops.arange(length), 0)
         return ops.cast(positions, self.compute_dtype)  # (T, C)
 
     def compute_output_shape(self, input_shape):

@@ -189,6 +189,9 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
                 "ignore", message=".*does not have a `quantize` method implemented"
             )
             super().quantize(mode, **kwargs)
+        # Traced before, they would still multiply by the float kernels.
+        self.generate_function = None
+        self._stream_step = None
 
     def save(self, filepath, *args, **kwargs):
         """`keras.Model.save`, written to a temporary file then renamed."""
@@ -436,6 +439,7 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
     def generate_jit_compile(self, value: bool):
         self._generate_jit_compile = bool(value)
         self.generate_function = None
+        self._stream_step = None
 
     def score(
         self,
