@@ -87,8 +87,9 @@ class Linear(keras.layers.Dense):
     weights, names and saved files. After `quantize("int8")` it also keeps its
     int8 kernel transposed, `(units, input_dim)`, and multiplies through
     `int8_matmul`: on this project's CPU that made batch-1 decoding of GPT-2
-    124M with int8 weights about twice as fast as with float32 weights, where
-    Keras' own int8 `Dense` was barely faster than float32. The saved
+    124M with int8 weights over three times as fast as with float32 weights
+    (BENCHMARKS.md), where Keras' own int8 `Dense` was barely faster than
+    float32. The saved
     variables stay Keras' (`kernel`, `bias`, `kernel_scale`); the transposed
     copy (`units * input_dim` int8 bytes) is rebuilt on quantizing, on
     loading and by `set_weights` (here or on a `GPTBackbone`/`GPTCausalLM`),
