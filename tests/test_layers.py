@@ -357,6 +357,7 @@ def test_position_embedding_start_is_a_run_time_input_under_xla():
     table = pos.embeddings.numpy()
     for i in (0, 3, 6):
         np.testing.assert_allclose(rows_from(tf.constant(i)), table[i : i + 2])
+    np.testing.assert_allclose(pos(x, start_index=tf.constant(5, tf.int64)), table[5:7])
 
 
 def test_position_embedding_rejects_too_long_input():

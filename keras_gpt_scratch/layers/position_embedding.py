@@ -45,6 +45,8 @@ class PositionEmbedding(keras.layers.Layer):
 
     def call(self, inputs, start_index=0):
         length = ops.shape(inputs)[1]
+        if not isinstance(start_index, int):
+            start_index = ops.cast(start_index, "int32")  # an int64 position too
         if isinstance(length, int) and isinstance(start_index, int):
             if start_index + length > self.sequence_length:
                 raise ValueError(
@@ -70,7 +72,8 @@ class PositionEmbedding(keras.layers.Layer):
         else:
             # XLA needs a slice's start at compile time, so a function
             # compiled on its own would be compiled again for every position.
-            positions = ops.take(self.embeddings, start_index + ops.arange(length), 0)
+            rows = start_index + ops.arange(length, dtype="int32")
+            positions = ops.take(self.embeddings, rows, 0)
         return ops.cast(positions, self.compute_dtype)  # (T, C)
 
     def compute_output_shape(self, input_shape):
