@@ -193,9 +193,11 @@ def stream(
 
 
 def _step_functions(lm):
-    """`(prompt_step, token_step)`, made once per model and reused."""
+    """`(prompt_step, token_step)`, made once per model and reused while
+    its int8, LoRA and XLA settings stay the same."""
+    key = lm._trace_key()
     fns = getattr(lm, "_stream_step", None)
-    if fns is None:
+    if fns is None or getattr(lm, "_stream_key", None) != key:
 
         def step(token_ids, cache, index):
             logits, _, cache = lm.call_with_cache(token_ids, cache, index)
@@ -209,5 +211,5 @@ def _step_functions(lm):
             tf.function(step, **options),
             tf.function(step, jit_compile=lm.generate_jit_compile, **options),
         )
-        lm._stream_step = fns
+        lm._stream_step, lm._stream_key = fns, key
     return fns

@@ -250,17 +250,7 @@ def test_stream_matches_cached_generate(lm):
     np.testing.assert_array_equal(streamed, full[4:])
 
 
-def test_stream_after_quantizing_uses_the_int8_weights(lm):
-    """`quantize` drops the traced stream and generate functions: traced
-    before, they kept multiplying by the float kernels."""
-    q = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), preprocessor=None)
-    q.set_weights(lm.get_weights())
-    prompt = [464, 3290, 318, 257]
-    list(generation.stream(q, prompt, 4, stop_token_ids=None))  # a cache of 8
-    q.compile(sampler="greedy")
-    q.generate(padded([prompt], 8), stop_token_ids=None)
-    q.quantize("int8")
-    assert q.generate_function is None
+def assert_steps_match_the_eager_model(q, prompt):
     prompt_step, token_step = generation._step_functions(q)
     cache = q.empty_cache(1, 8)
     ids = tf.constant([prompt], "int32")
@@ -271,6 +261,46 @@ def test_stream_after_quantizing_uses_the_int8_weights(lm):
     logits, _ = token_step(token, cache, tf.constant(4))
     eager, _, _ = q.call_with_cache(token, cache, 4)
     np.testing.assert_allclose(logits, eager[:, -1], rtol=1e-5, atol=1e-5)
+    return logits
+
+
+def traced_then_changed(lm, change):
+    """A model whose generate and stream functions were traced (stream with
+    a cache of 8), then `change`d; returns it with its logits from before."""
+    q = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), preprocessor=None)
+    q.set_weights(lm.get_weights())
+    prompt = [464, 3290, 318, 257]
+    list(generation.stream(q, prompt, 4, stop_token_ids=None))
+    q.compile(sampler="greedy")
+    q.generate(padded([prompt], 8), stop_token_ids=None)
+    traced = q.make_generate_function()
+    before = assert_steps_match_the_eager_model(q, prompt)
+    change(q)
+    assert q.make_generate_function() is not traced
+    return q, prompt, before
+
+
+def test_stream_after_quantizing_uses_the_int8_weights(lm):
+    """Functions traced before `quantize` kept multiplying by the float
+    kernels; they are traced again."""
+    q, prompt, before = traced_then_changed(lm, lambda q: q.quantize("int8"))
+    after = assert_steps_match_the_eager_model(q, prompt)
+    assert np.abs(after - before).max() > 1e-3  # int8 moved the logits
+
+
+def test_stream_after_enabling_lora_uses_the_adapters(lm):
+    """Keras decides at trace time whether a layer adds its LoRA update, so
+    `enable_lora` on the backbone also makes the functions trace again."""
+
+    def enable(q):
+        q.backbone.enable_lora(rank=2)
+        for w in q.backbone.weights:
+            if "lora_kernel_b" in w.path:
+                w.assign(np.full(w.shape, 0.5, "float32"))
+
+    q, prompt, before = traced_then_changed(lm, enable)
+    after = assert_steps_match_the_eager_model(q, prompt)
+    assert np.abs(after - before).max() > 1e-3  # the adapters moved the logits
 
 
 def test_stream_stops_at_the_context_and_rejects_long_prompts(lm):

@@ -358,6 +358,8 @@ def test_position_embedding_start_is_a_run_time_input_under_xla():
     for i in (0, 3, 6):
         np.testing.assert_allclose(rows_from(tf.constant(i)), table[i : i + 2])
     np.testing.assert_allclose(pos(x, start_index=tf.constant(5, tf.int64)), table[5:7])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="negative"):
+        pos(x, start_index=tf.constant(-1))  # a gather would wrap around
 
 
 def test_position_embedding_rejects_too_long_input():

@@ -58,6 +58,9 @@ class PositionEmbedding(keras.layers.Layer):
         else:
             import tensorflow as tf
 
+            tf.debugging.assert_non_negative(
+                start_index, message="The start position must not be negative."
+            )
             tf.debugging.assert_less_equal(
                 start_index + length,
                 self.sequence_length,

@@ -421,14 +421,30 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         more trace when the batch size or `max_length` change. The loops are
         explicit `while_loop`s, so AutoGraph, which took about half of the
         first call's tracing, is off."""
-        if self.generate_function is None:
+        key = self._trace_key()
+        if self.generate_function is None or self._generate_key != key:
             self.generate_function = tf.function(
                 self.generate_step,
                 jit_compile=self.generate_jit_compile,
                 reduce_retracing=True,
                 autograph=False,
             )
+            self._generate_key = key
         return self.generate_function
+
+    _generate_key = None
+
+    def _trace_key(self) -> tuple:
+        """What a traced generate or stream function depends on besides the
+        weights' values: XLA, and each layer's int8 and LoRA state (set
+        while tracing), which `quantize` or `enable_lora`, here or on the
+        backbone, may change after a first trace."""
+        layers = self.backbone._flatten_layers(include_self=False)
+        return (self.generate_jit_compile,) + tuple(
+            (layer.name, layer.quantization_mode, getattr(layer, "lora_enabled", False))
+            for layer in layers
+            if hasattr(layer, "quantization_mode")
+        )
 
     @property
     def generate_jit_compile(self) -> bool:
