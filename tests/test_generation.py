@@ -303,6 +303,17 @@ def test_stream_after_enabling_lora_uses_the_adapters(lm):
     assert np.abs(after - before).max() > 1e-3  # the adapters moved the logits
 
 
+def test_switching_xla_off_traces_generate_and_stream_again(lm):
+    q, prompt, before = traced_then_changed(
+        lm, lambda q: setattr(q, "generate_jit_compile", False)
+    )
+    assert q.make_generate_function()._jit_compile is False
+    assert generation._step_functions(q)[1]._jit_compile is False
+    np.testing.assert_allclose(
+        assert_steps_match_the_eager_model(q, prompt), before, rtol=1e-5, atol=1e-5
+    )
+
+
 def test_stream_stops_at_the_context_and_rejects_long_prompts(lm):
     got = list(generation.stream(lm, list(range(1, 61)), 50, stop_token_ids=None))
     assert len(got) == 4  # 60 prompt tokens + 4 = the context of 64

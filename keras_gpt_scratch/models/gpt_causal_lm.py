@@ -189,9 +189,6 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
                 "ignore", message=".*does not have a `quantize` method implemented"
             )
             super().quantize(mode, **kwargs)
-        # Traced before, they would still multiply by the float kernels.
-        self.generate_function = None
-        self._stream_step = None
 
     def save(self, filepath, *args, **kwargs):
         """`keras.Model.save`, written to a temporary file then renamed."""
@@ -443,7 +440,6 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         return (self.generate_jit_compile,) + tuple(
             (layer.name, layer.quantization_mode, getattr(layer, "lora_enabled", False))
             for layer in layers
-            if hasattr(layer, "quantization_mode")
         )
 
     @property
@@ -454,8 +450,6 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
     @generate_jit_compile.setter
     def generate_jit_compile(self, value: bool):
         self._generate_jit_compile = bool(value)
-        self.generate_function = None
-        self._stream_step = None
 
     def score(
         self,
