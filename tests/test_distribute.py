@@ -44,22 +44,33 @@ MIRRORED_SCRIPT = textwrap.dedent(
     ids = rng.integers(0, 50257, (4, 17)).astype("int32")
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((4, 16), "int32")}
 
-    def one_step(strategy, loss=None):
+    def one_step(strategy, loss=None, optimizer=keras.optimizers.AdamW):
         keras.utils.set_random_seed(0)
         with strategy.scope():
             lm = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), preprocessor=None)
             lm.compile(
-                optimizer=keras.optimizers.AdamW(1e-2),
+                optimizer=optimizer(1e-2),
                 loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             )
         ds = tf.data.Dataset.from_tensor_slices((x, ids[:, 1:])).batch(4)
         history = lm.fit(ds, epochs=1, verbose=0).history
+        # Each replica's copy of each weight must have been updated alike.
+        copies = [getattr(w.value, "values", (w.value,)) for w in lm.weights]
+        spread = max(float(np.abs(c.numpy() - cs[0].numpy()).max()) for cs in copies for c in cs)
+        one_step.spread = max(getattr(one_step, "spread", 0.0), spread)
         return history, [w.numpy() for w in lm.weights], strategy.num_replicas_in_sync
 
     h1, w1, n1 = one_step(tf.distribute.OneDeviceStrategy("/cpu:0"))
     h2, w2, n2 = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     # The default loss runs the fused head + loss step (GPTCausalLM.train_step).
     h3, w3, _ = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), "auto")
+    # TorchAdamW's fused kernel updates each replica's copy.
+    _, w4, _ = one_step(tf.distribute.OneDeviceStrategy("/cpu:0"), None, kgs.TorchAdamW)
+    _, w5, _ = one_step(
+        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), None, kgs.TorchAdamW
+    )
+    torch_diff = max(float(np.abs(a - b).max()) for a, b in zip(w4, w5))
+    torch_moved = max(float(np.abs(a - b).max()) for a, b in zip(w4, w1))
     l1, l2 = h1["loss"][0], h2["loss"][0]
     diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w2))
     fused_diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w3))
@@ -71,7 +82,9 @@ MIRRORED_SCRIPT = textwrap.dedent(
         batch_error = str(e)
     print("RESULT", json.dumps({"loss1": l1, "loss2": l2, "replicas": [n1, n2],
                                 "max_weight_diff": diff, "batch_error": batch_error,
-                                "fused": h3, "keras": h1, "fused_weight_diff": fused_diff}))
+                                "fused": h3, "keras": h1, "fused_weight_diff": fused_diff,
+                                "torch_diff": torch_diff, "torch_moved": torch_moved,
+                                "replica_spread": one_step.spread}))
     """
 )
 
@@ -99,6 +112,10 @@ def test_mirrored_over_two_cpus_matches_one_device():
     for name, value in got["keras"].items():
         assert got["fused"][name] == pytest.approx(value, rel=1e-5)
     assert got["fused_weight_diff"] < 1e-5
+    # TorchAdamW: the same on two replicas, and not Keras AdamW's update.
+    assert got["torch_diff"] < 1e-5
+    assert got["torch_moved"] > 1e-4
+    assert got["replica_spread"] == 0.0
 
 
 def test_gradient_accumulation_equals_a_larger_batch():

@@ -10,6 +10,7 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_gpt_scratch as kgs
 from keras_gpt_scratch import training
@@ -252,6 +253,39 @@ def test_adamw_follows_pytorch_on_tiny_gradients():
     other = keras.Variable(start, name="kernel")
     keras_default.apply_gradients([(keras.ops.convert_to_tensor(grads), other)])
     assert abs(other.numpy()[0] - start[0]) < 0.5 * abs(t_moved[0])
+
+
+def test_torch_adamw_fused_kernel_matches_the_op_by_op_update():
+    # Dense gradients go through TensorFlow's fused Adam kernel; IndexedSlices
+    # (a sparse embedding gradient) through Keras-style ops. Same numbers.
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(6, 3)).astype("float32")
+    # Rows of tiny gradients, where epsilon's placement shows.
+    scales = np.array([1.0, 1e-2, 1e-4, 1e-6, 1e-7, 1.0], "float32")[:, None]
+    grads = [rng.normal(size=(6, 3)).astype("float32") * scales for _ in range(4)]
+
+    def run(sparse):
+        opt = kgs.TorchAdamW(learning_rate=1e-2, weight_decay=0.1)
+        var = keras.Variable(start, name="kernel")
+        opt.build([var])
+
+        @tf.function
+        def apply(g):
+            if sparse:
+                g = tf.IndexedSlices(g, tf.range(6), tf.constant([6, 3]))
+            opt.apply_gradients([(g, var)])
+
+        for g in grads:
+            apply(tf.constant(g))
+        ops = apply.get_concrete_function(tf.constant(grads[0])).graph.get_operations()
+        return var.numpy(), {op.type for op in ops}
+
+    dense, dense_ops = run(sparse=False)
+    sparse, sparse_ops = run(sparse=True)
+    assert "ResourceApplyAdam" in dense_ops
+    assert "ResourceApplyAdam" not in sparse_ops
+    assert np.abs(dense - start).mean() > 1e-3
+    np.testing.assert_allclose(dense, sparse, rtol=0, atol=1e-6)  # moves ~4e-2
 
 
 def test_torch_adamw_round_trips_through_keras_serialization():
