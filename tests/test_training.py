@@ -257,7 +257,8 @@ def test_adamw_follows_pytorch_on_tiny_gradients():
 
 def test_torch_adamw_fused_kernel_matches_the_op_by_op_update():
     # Dense gradients go through TensorFlow's fused Adam kernel; IndexedSlices
-    # (a sparse embedding gradient) through Keras-style ops. Same numbers.
+    # (a sparse embedding gradient) through Keras-style ops. The same update
+    # to float32 rounding (the kernel takes 1 - beta_2 in float32).
     rng = np.random.default_rng(0)
     start = rng.normal(size=(6, 3)).astype("float32")
     # Rows of tiny gradients, where epsilon's placement shows.
@@ -297,6 +298,7 @@ def test_default_optimizer_trains_under_xla():
         keras.utils.set_random_seed(0)
         lm = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), preprocessor=None)
         lm.compile(jit_compile=jit_compile)
+        assert lm.jit_compile is jit_compile  # Keras may turn XLA off quietly
         assert isinstance(lm.optimizer, kgs.TorchAdamW)
         start = [w.numpy() for w in lm.trainable_weights]
         lm.fit(x, ids[:, 1:], batch_size=2, epochs=1, verbose=0)
@@ -309,10 +311,11 @@ def test_default_optimizer_trains_under_xla():
     # Adam normalizes each step, so a near-zero gradient whose rounding
     # differs under XLA can move by up to a step either way: allow that for
     # a few elements, and require the rest to agree.
-    for a, b in zip(xla, plain, strict=True):
-        diff = np.abs(a - b)
-        assert diff.max() <= 2 * 2 * 4e-4
-        assert np.mean(diff < 1e-5) > 0.99
+    diff = np.concatenate(
+        [np.abs(a - b).ravel() for a, b in zip(xla, plain, strict=True)]
+    )
+    assert diff.max() <= 2 * 2 * 4e-4
+    assert np.mean(diff < 1e-5) > 0.99
 
 
 def test_torch_adamw_round_trips_through_keras_serialization():
