@@ -47,8 +47,10 @@ class TorchAdamW(keras.optimizers.AdamW):
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
         step = ops.cast(self.iterations + 1, variable.dtype)
-        beta_1_power = ops.power(ops.cast(self.beta_1, variable.dtype), step)
-        beta_2_power = ops.power(ops.cast(self.beta_2, variable.dtype), step)
+        beta_1 = ops.cast(self.beta_1, variable.dtype)
+        beta_2 = ops.cast(self.beta_2, variable.dtype)
+        beta_1_power = ops.power(beta_1, step)
+        beta_2_power = ops.power(beta_2, step)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
         handles = [_handle(x) for x in (variable, m, v)]
@@ -63,8 +65,8 @@ class TorchAdamW(keras.optimizers.AdamW):
                 beta1_power=beta_1_power,
                 beta2_power=beta_2_power,
                 lr=lr,
-                beta1=ops.cast(self.beta_1, variable.dtype),
-                beta2=ops.cast(self.beta_2, variable.dtype),
+                beta1=beta_1,
+                beta2=beta_2,
                 epsilon=self.epsilon * ops.sqrt(1 - beta_2_power),
                 grad=ops.cast(gradient, variable.dtype),
             )

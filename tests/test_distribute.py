@@ -44,6 +44,11 @@ MIRRORED_SCRIPT = textwrap.dedent(
     ids = rng.integers(0, 50257, (4, 17)).astype("int32")
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((4, 16), "int32")}
 
+    def max_diff(weights_a, weights_b):
+        return max(float(np.abs(a - b).max()) for a, b in zip(weights_a, weights_b))
+
+    spreads = []
+
     def one_step(strategy, loss=None, optimizer=keras.optimizers.AdamW):
         keras.utils.set_random_seed(0)
         with strategy.scope():
@@ -55,9 +60,9 @@ MIRRORED_SCRIPT = textwrap.dedent(
         ds = tf.data.Dataset.from_tensor_slices((x, ids[:, 1:])).batch(4)
         history = lm.fit(ds, epochs=1, verbose=0).history
         # Each replica's copy of each weight must have been updated alike.
-        copies = [getattr(w.value, "values", (w.value,)) for w in lm.weights]
-        spread = max(float(np.abs(c.numpy() - cs[0].numpy()).max()) for cs in copies for c in cs)
-        one_step.spread = max(getattr(one_step, "spread", 0.0), spread)
+        for w in lm.weights:
+            copies = [c.numpy() for c in getattr(w.value, "values", (w.value,))]
+            spreads.append(max_diff(copies, [copies[0]] * len(copies)))
         return history, [w.numpy() for w in lm.weights], strategy.num_replicas_in_sync
 
     h1, w1, n1 = one_step(tf.distribute.OneDeviceStrategy("/cpu:0"))
@@ -69,12 +74,9 @@ MIRRORED_SCRIPT = textwrap.dedent(
     _, w5, _ = one_step(
         tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), None, kgs.TorchAdamW
     )
-    torch_diff = max(float(np.abs(a - b).max()) for a, b in zip(w4, w5))
-    torch_moved = max(float(np.abs(a - b).max()) for a, b in zip(w4, w1))
+    torch_diff, torch_moved = max_diff(w4, w5), max_diff(w4, w1)
     l1, l2 = h1["loss"][0], h2["loss"][0]
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w2))
-    fused_diff = max(float(np.abs(a - b).max()) for a, b in zip(w1, w3))
-    moved = max(float(np.abs(a).max()) for a in w1)
+    diff, fused_diff = max_diff(w1, w2), max_diff(w1, w3)
     try:
         distribute.check_global_batch(5, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
         batch_error = None
@@ -84,7 +86,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
                                 "max_weight_diff": diff, "batch_error": batch_error,
                                 "fused": h3, "keras": h1, "fused_weight_diff": fused_diff,
                                 "torch_diff": torch_diff, "torch_moved": torch_moved,
-                                "replica_spread": one_step.spread}))
+                                "replica_spread": max(spreads)}))
     """
 )
 
