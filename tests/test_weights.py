@@ -417,6 +417,54 @@ def test_export_to_transformers_round_trip(tiny, tmp_path, data_dir):
     np.testing.assert_array_equal(our_outputs(again, ids)[1], ours)
 
 
+def test_backbone_tokenizer_and_preprocessor_export_like_keras_hub(tiny, tmp_path):
+    # keras_hub splits the export: the backbone writes the model files, the
+    # tokenizer (or preprocessor) its files; together they are the
+    # CausalLM's folder.
+    hf_dir, _, _ = tiny
+    lm = kgs.GPTCausalLM.from_preset(str(hf_dir))
+    whole = tmp_path / "whole"
+    lm.export_to_transformers(whole)
+    split = tmp_path / "split"
+    lm.backbone.export_to_transformers(split)
+    model_files = {"config.json", "model.safetensors", "generation_config.json"}
+    assert {p.name for p in split.iterdir()} == model_files
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(split).eval()
+    ids = token_batch(seed=5)
+    np.testing.assert_allclose(
+        reference_logits(reloaded, ids)[1], our_outputs(lm, ids)[1], atol=1e-5
+    )
+
+    lm.preprocessor.export_to_transformers(split)
+    assert {p.name for p in split.iterdir()} == {p.name for p in whole.iterdir()}
+    for path in whole.iterdir():
+        if path.name != "tokenizer_config.json":  # its model_max_length differs
+            assert path.read_bytes() == (split / path.name).read_bytes(), path.name
+    # Only the model knows its context length; the tokenizer records GPT-2's.
+    config = json.loads((split / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == 1024
+    tokenizer = transformers.AutoTokenizer.from_pretrained(split)
+    text = "Hello, world. It's 2026!"
+    assert tokenizer(text)["input_ids"] == list(lm.preprocessor.tokenizer(text))
+
+    alone = tmp_path / "tokenizer"
+    kgs.GPTTokenizer().export_to_transformers(alone)
+    assert {p.name for p in alone.iterdir()} == {
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    }
+    assert (alone / "merges.txt").read_bytes() == (split / "merges.txt").read_bytes()
+
+
+def test_export_tokenizer_needs_gpt2_bpe(tmp_path):
+    simple = kgs.SimpleTokenizer.from_text("the cat sat")
+    with pytest.raises(ValueError, match="Only a GPTTokenizer.*SimpleTokenizer"):
+        weights.export_tokenizer(simple, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_untied_head_without_qkv_bias(tmp_path):
     # The book's model: separate output head, no query/key/value biases.
     lm = kgs.GPTCausalLM.from_book_config(

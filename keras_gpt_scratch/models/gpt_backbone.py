@@ -227,6 +227,30 @@ class GPTBackbone(SyncsInt8Kernels, gpt_presets.PresetMixin, Backbone):
         with atomic_file(filepath) as tmp:
             super().save(tmp, *args, **kwargs)
 
+    def export_to_transformers(self, path) -> None:
+        """Writes the weights as a Hugging Face GPT-2 model folder.
+
+        `config.json`, `model.safetensors` and `generation_config.json`,
+        which `transformers.GPT2LMHeadModel.from_pretrained(path)` loads and
+        which give the same logits; weights in float32. Tokenizer files are
+        not written: `GPTCausalLM.export_to_transformers` writes both, as in
+        keras_hub. See `keras_gpt_scratch.weights.export_backbone`.
+
+        Args:
+            path: the output folder; created if needed. Files of the names
+                above are replaced (each atomically), others left alone.
+
+        Example:
+        ```python
+        backbone = keras_gpt_scratch.GPTBackbone.from_preset("gpt2_124m")
+        backbone.export_to_transformers("gpt2-hf")
+        model = transformers.GPT2LMHeadModel.from_pretrained("gpt2-hf")
+        ```
+        """
+        from keras_gpt_scratch.weights import export_backbone
+
+        export_backbone(self, path)
+
     def get_config(self):
         config = super().get_config()
         config.update(

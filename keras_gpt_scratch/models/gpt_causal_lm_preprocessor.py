@@ -129,6 +129,18 @@ class GPTCausalLMPreprocessor(CausalLMPreprocessor):
         token_ids = strip_to_ragged(token_ids, padding_mask, ids_to_strip)
         return self.tokenizer.detokenize(token_ids)
 
+    def export_to_transformers(self, path) -> None:
+        """Writes the tokenizer's files in Hugging Face's layout.
+
+        See `GPTTokenizer.export_to_transformers`.
+
+        Args:
+            path: the output folder; created if needed.
+        """
+        from keras_gpt_scratch.weights import export_tokenizer
+
+        export_tokenizer(self.tokenizer, path)
+
     @classproperty
     def presets(cls) -> dict[str, dict]:
         """The built-in presets: name -> spec."""

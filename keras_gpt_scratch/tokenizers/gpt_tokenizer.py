@@ -640,6 +640,28 @@ class GPTTokenizer(Tokenizer):
         self._bpe = bpe
         self.ranks_source = str(directory)
 
+    def export_to_transformers(self, path) -> None:
+        """Writes GPT-2's tokenizer files in Hugging Face's layout.
+
+        `vocab.json` and `merges.txt` (regenerated from the ranks,
+        byte-identical to OpenAI's `encoder.json` and `vocab.bpe`),
+        `tokenizer_config.json` and `special_tokens_map.json`:
+        `transformers.AutoTokenizer.from_pretrained(path)` then gives GPT-2's
+        tokenizer, with the same ids as this one.
+
+        Args:
+            path: the output folder; created if needed.
+
+        Example:
+        ```python
+        keras_gpt_scratch.GPTTokenizer().export_to_transformers("gpt2-hf")
+        transformers.AutoTokenizer.from_pretrained("gpt2-hf")
+        ```
+        """
+        from keras_gpt_scratch.weights import export_tokenizer
+
+        export_tokenizer(self, path)
+
     def get_vocabulary(self) -> list[str]:
         """Returns the tokens by id, written as in GPT-2's `encoder.json`.
 

@@ -21,7 +21,9 @@ from keras_gpt_scratch.weights.convert import (
     load_checkpoint_weights,
 )
 from keras_gpt_scratch.weights.export import (
+    export_backbone,
     export_to_transformers,
+    export_tokenizer,
     write_openai_checkpoint,
     write_tokenizer_files,
     write_transformers_checkpoint,
@@ -48,7 +50,9 @@ __all__ = [
     "builtin_preset_dir",
     "checkpoint_format",
     "ensure_builtin_preset",
+    "export_backbone",
     "export_to_transformers",
+    "export_tokenizer",
     "from_builtin_preset",
     "from_gpt2_checkpoint",
     "is_gpt2_checkpoint",

@@ -144,23 +144,80 @@ def write_tokenizer_files(
     _write_json(directory / "special_tokens_map.json", special)
 
 
-def export_to_transformers(model: Any, path: str | os.PathLike) -> Path:
-    """Writes a `GPTCausalLM` (or `GPTBackbone`) as a Hugging Face GPT-2 folder.
+def export_backbone(backbone: Any, path: str | os.PathLike) -> Path:
+    """Writes a `GPTBackbone`'s weights as a Hugging Face GPT-2 model folder.
 
-    The folder holds `config.json`, `model.safetensors` (float32, names as
-    `GPT2LMHeadModel.save_pretrained` writes them), `generation_config.json`
-    and GPT-2's tokenizer files, and loads with
-    `transformers.GPT2LMHeadModel.from_pretrained(path)`, giving the same
-    logits.
+    Writes `config.json`, `model.safetensors` (float32, names as
+    `GPT2LMHeadModel.save_pretrained` writes them) and
+    `generation_config.json`: what `GPT2LMHeadModel.from_pretrained(path)`
+    reads. No tokenizer files (`export_tokenizer` writes those).
 
     Untied heads (`tie_weights=False`, the book's `out_head`) are exported
     too: `config.json` gets `tie_word_embeddings: false` and the head is
     written as `lm_head.weight`, which `GPT2LMHeadModel` then loads instead
     of reusing `wte`. A model built with `qkv_bias=False` gets zero `c_attn`
-    biases (the same function). The tokenizer files are written when the
-    model's tokenizer is a `GPTTokenizer` (or it has no preprocessor) and its
-    vocabulary covers GPT-2's 50,257 ids; otherwise they are skipped with a
-    warning.
+    biases (the same function).
+
+    Args:
+        backbone: a `GPTBackbone`.
+        path: the output folder; created if needed. The files above are
+            replaced, each atomically; other files in it are left alone.
+
+    Returns:
+        The folder, as a `Path`.
+    """
+    config = GPT2Config.from_backbone(backbone)
+    path = Path(path)
+    write_transformers_checkpoint(backbone_tensors(backbone), config, path)
+    _write_json(
+        path / "generation_config.json",
+        {"bos_token_id": 50256, "eos_token_id": 50256},
+    )
+    return path
+
+
+def export_tokenizer(
+    tokenizer: Any, path: str | os.PathLike, model_max_length: int = 1024
+) -> Path:
+    """Writes a `GPTTokenizer` as Hugging Face GPT-2 tokenizer files.
+
+    `vocab.json`, `merges.txt`, `tokenizer_config.json` and
+    `special_tokens_map.json`, which `AutoTokenizer.from_pretrained(path)`
+    loads as GPT-2's tokenizer (see `write_tokenizer_files`).
+
+    Args:
+        tokenizer: a `GPTTokenizer`.
+        path: the output folder; created if needed.
+        model_max_length: the context length `tokenizer_config.json` records
+            (GPT-2's 1024 unless the model's is known).
+
+    Returns:
+        The folder, as a `Path`.
+    """
+    from keras_gpt_scratch.tokenizers.gpt_tokenizer import GPTTokenizer
+
+    if not isinstance(tokenizer, GPTTokenizer):
+        raise ValueError(
+            "Only a GPTTokenizer (GPT-2's byte-pair encoding) can be exported "
+            f"to transformers' GPT-2 tokenizer files; got "
+            f"{type(tokenizer).__name__}. Export the model's weights alone "
+            "with `backbone.export_to_transformers(path)`."
+        )
+    path = Path(path)
+    write_tokenizer_files(tokenizer, path, model_max_length)
+    return path
+
+
+def export_to_transformers(model: Any, path: str | os.PathLike) -> Path:
+    """Writes a `GPTCausalLM` (or `GPTBackbone`) as a Hugging Face GPT-2 folder.
+
+    The folder holds what `export_backbone` writes (`config.json`,
+    `model.safetensors`, `generation_config.json`) and GPT-2's tokenizer
+    files, and loads with `transformers.GPT2LMHeadModel.from_pretrained(path)`,
+    giving the same logits, and with `AutoTokenizer.from_pretrained(path)`.
+    The tokenizer files are written when the model's tokenizer is a
+    `GPTTokenizer` (or it has no preprocessor) and its vocabulary covers
+    GPT-2's 50,257 ids; otherwise they are skipped with a warning.
 
     Args:
         model: a `GPTCausalLM` or `GPTBackbone`.
@@ -174,12 +231,7 @@ def export_to_transformers(model: Any, path: str | os.PathLike) -> Path:
 
     backbone = getattr(model, "backbone", model)
     config = GPT2Config.from_backbone(backbone)
-    path = Path(path)
-    write_transformers_checkpoint(backbone_tensors(backbone), config, path)
-    _write_json(
-        path / "generation_config.json",
-        {"bos_token_id": 50256, "eos_token_id": 50256},
-    )
+    path = export_backbone(backbone, path)
     preprocessor = getattr(model, "preprocessor", None)
     tokenizer = getattr(preprocessor, "tokenizer", None)
     if tokenizer is None and config.vocab_size >= GPT2_VOCABULARY_SIZE:
@@ -188,7 +240,7 @@ def export_to_transformers(model: Any, path: str | os.PathLike) -> Path:
         isinstance(tokenizer, GPTTokenizer)
         and config.vocab_size >= GPT2_VOCABULARY_SIZE
     ):
-        write_tokenizer_files(tokenizer, path, config.n_positions)
+        export_tokenizer(tokenizer, path, config.n_positions)
     else:
         warnings.warn(
             f"Tokenizer files not exported to {path}: the model's vocabulary "
