@@ -137,6 +137,22 @@ def test_repeat_reshuffles_each_pass():
     assert first.tolist() != second.tolist() or second.tolist() != third.tolist()
 
 
+@pytest.mark.parametrize("repeat", [False, True])
+def test_autotuning_is_off_and_stays_off_downstream(repeat):
+    # TF 2.21's autotuning thread delayed fit()'s return by up to its tuning
+    # period (seconds) when the iterator was deleted (see create_dataset).
+    dataset = create_dataset(
+        np.arange(40), context_length=4, stride=2, batch_size=4, repeat=repeat
+    )
+    assert dataset.options().autotune.enabled is False
+    # keras_hub's fit maps and prefetches with AUTOTUNE on top; the option is
+    # inherited, so its pipeline stays untuned too.
+    mapped = dataset.map(lambda x, y: (x, y), num_parallel_calls=tf.data.AUTOTUNE)
+    assert mapped.prefetch(tf.data.AUTOTUNE).options().autotune.enabled is False
+    x, y = next(iter(mapped))
+    np.testing.assert_array_equal(x["token_ids"][:, 1:], y[:, :-1])
+
+
 def test_tokenizers(verdict_text):
     simple = SimpleTokenizer.from_text(verdict_text)
     dataset = create_dataset(
