@@ -419,34 +419,36 @@ def test_export_to_transformers_round_trip(tiny, tmp_path, data_dir):
 
 def test_backbone_tokenizer_and_preprocessor_export_like_keras_hub(tiny, tmp_path):
     # keras_hub splits the export: the backbone writes the model files, the
-    # tokenizer (or preprocessor) its files; together they are the
-    # CausalLM's folder.
+    # tokenizer (or preprocessor) its files; together, in either order, they
+    # are the CausalLM's folder.
     hf_dir, _, _ = tiny
     lm = kgs.GPTCausalLM.from_preset(str(hf_dir))
     whole = tmp_path / "whole"
     lm.export_to_transformers(whole)
-    split = tmp_path / "split"
-    lm.backbone.export_to_transformers(split)
+    model_first, tokenizer_first = tmp_path / "model_first", tmp_path / "tok_first"
+    lm.backbone.export_to_transformers(model_first)
     model_files = {"config.json", "model.safetensors", "generation_config.json"}
-    assert {p.name for p in split.iterdir()} == model_files
-    reloaded = transformers.GPT2LMHeadModel.from_pretrained(split).eval()
+    assert {p.name for p in model_first.iterdir()} == model_files
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(model_first).eval()
     ids = token_batch(seed=5)
     np.testing.assert_allclose(
         reference_logits(reloaded, ids)[1], our_outputs(lm, ids)[1], atol=1e-5
     )
-
-    lm.preprocessor.export_to_transformers(split)
-    assert {p.name for p in split.iterdir()} == {p.name for p in whole.iterdir()}
-    for path in whole.iterdir():
-        if path.name != "tokenizer_config.json":  # its model_max_length differs
-            assert path.read_bytes() == (split / path.name).read_bytes(), path.name
-    # Only the model knows its context length; the tokenizer records GPT-2's.
-    config = json.loads((split / "tokenizer_config.json").read_text())
-    assert config["model_max_length"] == 1024
-    tokenizer = transformers.AutoTokenizer.from_pretrained(split)
+    lm.preprocessor.export_to_transformers(model_first)
+    lm.preprocessor.tokenizer.export_to_transformers(tokenizer_first)
+    lm.backbone.export_to_transformers(tokenizer_first)
+    for folder in (model_first, tokenizer_first):
+        assert {p.name for p in folder.iterdir()} == {p.name for p in whole.iterdir()}
+        for path in whole.iterdir():
+            assert path.read_bytes() == (folder / path.name).read_bytes(), path.name
+    # The context length recorded for the tokenizer is the model's (64).
+    config = json.loads((whole / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == lm.backbone.max_sequence_length == 64
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_first)
     text = "Hello, world. It's 2026!"
     assert tokenizer(text)["input_ids"] == list(lm.preprocessor.tokenizer(text))
 
+    # Alone, the tokenizer records GPT-2's context length.
     alone = tmp_path / "tokenizer"
     kgs.GPTTokenizer().export_to_transformers(alone)
     assert {p.name for p in alone.iterdir()} == {
@@ -455,7 +457,58 @@ def test_backbone_tokenizer_and_preprocessor_export_like_keras_hub(tiny, tmp_pat
         "tokenizer_config.json",
         "special_tokens_map.json",
     }
-    assert (alone / "merges.txt").read_bytes() == (split / "merges.txt").read_bytes()
+    assert (
+        json.loads((alone / "tokenizer_config.json").read_text())["model_max_length"]
+        == 1024
+    )
+    assert (alone / "merges.txt").read_bytes() == (whole / "merges.txt").read_bytes()
+
+
+def test_export_merges_lora_and_refuses_int8(tmp_path):
+    lm = kgs.GPTCausalLM(
+        kgs.GPTBackbone(
+            vocabulary_size=50257,
+            num_layers=1,
+            num_heads=2,
+            hidden_dim=16,
+            max_sequence_length=16,
+        ),
+        preprocessor=None,
+    )
+    ids = token_batch(seed=6, length=8)
+    lm.backbone.enable_lora(2)
+    rng = np.random.default_rng(0)
+    for layer in (lm.backbone.get_layer("transformer_layer_0").attention.query,):
+        layer.lora_kernel_b.assign(rng.normal(0, 0.5, layer.lora_kernel_b.shape))
+    ours = our_outputs(lm, ids)[1]
+    lm.backbone.export_to_transformers(tmp_path / "lora")
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "lora").eval()
+    np.testing.assert_allclose(reference_logits(reloaded, ids)[1], ours, atol=1e-5)
+
+    lm.quantize("int8")
+    with pytest.raises(ValueError, match="quantized.*Export the float model"):
+        lm.export_to_transformers(tmp_path / "int8")
+    assert not (tmp_path / "int8").exists()
+
+
+def test_export_small_vocabulary_has_no_end_of_text_id(tmp_path):
+    backbone = kgs.GPTBackbone(
+        vocabulary_size=100,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=16,
+    )
+    backbone.export_to_transformers(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert config["vocab_size"] == 100
+    assert config["eos_token_id"] is None and generation["eos_token_id"] is None
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    ids = np.arange(8, dtype="int32")[None]
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    ours = np.asarray(backbone.token_embedding(backbone(x), reverse=True))
+    np.testing.assert_allclose(reference_logits(reloaded, ids)[1], ours, atol=1e-5)
 
 
 def test_export_tokenizer_needs_gpt2_bpe(tmp_path):

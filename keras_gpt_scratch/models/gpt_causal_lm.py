@@ -674,7 +674,11 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         `AutoTokenizer.from_pretrained(path)`, and gives the same logits.
         Weights are written in float32. An untied head (`tie_weights=False`)
         is exported as `lm_head.weight` with `tie_word_embeddings: false`;
-        `qkv_bias=False` becomes zero `c_attn` biases. See
+        `qkv_bias=False` becomes zero `c_attn` biases; LoRA adapters are
+        merged into the kernels, and a quantized model is refused. Without
+        a preprocessor, GPT-2's tokenizer files are written when the
+        vocabulary is GPT-2's; `self.backbone.export_to_transformers(path)`
+        writes the model's files alone. See
         `keras_gpt_scratch.weights.export_to_transformers`.
 
         Args:

@@ -132,13 +132,26 @@ class GPTCausalLMPreprocessor(CausalLMPreprocessor):
     def export_to_transformers(self, path) -> None:
         """Writes the tokenizer's files in Hugging Face's layout.
 
-        See `GPTTokenizer.export_to_transformers`.
+        `vocab.json`, `merges.txt`, `tokenizer_config.json` and
+        `special_tokens_map.json`, as `GPTTokenizer.export_to_transformers`
+        writes them; `AutoTokenizer.from_pretrained(path)` loads them.
 
         Args:
             path: the output folder; created if needed.
+
+        Example:
+        ```python
+        lm.backbone.export_to_transformers("gpt2-hf")  # the model's files
+        lm.preprocessor.export_to_transformers("gpt2-hf")  # the tokenizer's
+        ```
         """
         from keras_gpt_scratch.weights import export_tokenizer
 
+        if self.tokenizer is None:
+            raise ValueError(
+                "This preprocessor has no tokenizer, so there is nothing to "
+                "export. Pass `tokenizer=GPTTokenizer()` when building it."
+            )
         export_tokenizer(self.tokenizer, path)
 
     @classproperty

@@ -647,7 +647,10 @@ class GPTTokenizer(Tokenizer):
         byte-identical to OpenAI's `encoder.json` and `vocab.bpe`),
         `tokenizer_config.json` and `special_tokens_map.json`:
         `transformers.AutoTokenizer.from_pretrained(path)` then gives GPT-2's
-        tokenizer, with the same ids as this one.
+        tokenizer, with the same ids as this one (for a literal
+        `<|endoftext|>` in the text, as this one gives with
+        `allowed_special="all"`). `model_max_length` is the `n_positions` of
+        a model already exported to `path`, else GPT-2's 1024.
 
         Args:
             path: the output folder; created if needed.

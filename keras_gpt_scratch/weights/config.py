@@ -172,6 +172,7 @@ class GPT2Config:
 
     def to_transformers(self) -> dict[str, Any]:
         """A Hugging Face `config.json` for `GPT2LMHeadModel`."""
+        end = self.end_of_text_id
         return {
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
@@ -194,10 +195,15 @@ class GPT2Config:
             "scale_attn_by_inverse_layer_idx": False,
             "reorder_and_upcast_attn": False,
             "use_cache": True,
-            "bos_token_id": 50256,
-            "eos_token_id": 50256,
+            "bos_token_id": end,
+            "eos_token_id": end,
             "tie_word_embeddings": self.tie_word_embeddings,
         }
+
+    @property
+    def end_of_text_id(self) -> int | None:
+        """GPT-2's `<|endoftext|>` id, 50256, or `None` if the vocabulary is smaller."""
+        return 50256 if self.vocab_size > 50256 else None
 
     def backbone_kwargs(self) -> dict[str, Any]:
         """`GPTBackbone` arguments for this geometry (GPT-2 has qkv biases)."""

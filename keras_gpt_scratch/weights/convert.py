@@ -183,7 +183,8 @@ def backbone_tensors(backbone: Any, dtype: str = "float32") -> dict[str, np.ndar
     The inverse of `load_checkpoint_weights`: query/key/value are joined into
     `c_attn`, and an untied head becomes `lm_head` `(vocab, hidden)`. A model
     built with `qkv_bias=False` gets zero `c_attn` biases, which compute the
-    same function.
+    same function. LoRA adapters are merged into their kernels; a quantized
+    (int8) model is refused.
 
     Args:
         backbone: a `GPTBackbone`.
@@ -192,6 +193,18 @@ def backbone_tensors(backbone: Any, dtype: str = "float32") -> dict[str, np.ndar
     Returns:
         Canonical name -> array, in model order.
     """
+    quantized = sorted(
+        layer.name
+        for layer in backbone._flatten_layers()  # noqa: SLF001 - Keras' layer walk
+        if getattr(layer, "quantization_mode", None) is not None
+    )
+    if quantized:
+        raise ValueError(
+            f"The model is quantized ({', '.join(quantized[:3])}, ...): its "
+            "kernels hold int8 values and scales, which a GPT-2 checkpoint "
+            "cannot store. Export the float model: before `quantize()`, or "
+            "loaded again from its preset."
+        )
     config = GPT2Config.from_backbone(backbone)
     targets = names.keras_targets(backbone, config.n_layer, config.tie_word_embeddings)
     tensors = {}
@@ -202,7 +215,10 @@ def backbone_tensors(backbone: Any, dtype: str = "float32") -> dict[str, np.ndar
                 width = backbone.hidden_dim
                 parts.append(np.zeros((width,), dtype))
             else:
-                parts.append(keras.ops.convert_to_numpy(variable.value).astype(dtype))
+                # With LoRA, `Dense.kernel` is a tensor: the kernel plus the
+                # adapters' product, which is what the model computes with.
+                value = getattr(variable, "value", variable)
+                parts.append(keras.ops.convert_to_numpy(value).astype(dtype))
         array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
         if name == names.LM_HEAD:
             array = array.T

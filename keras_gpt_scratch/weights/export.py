@@ -169,15 +169,21 @@ def export_backbone(backbone: Any, path: str | os.PathLike) -> Path:
     config = GPT2Config.from_backbone(backbone)
     path = Path(path)
     write_transformers_checkpoint(backbone_tensors(backbone), config, path)
+    end = config.end_of_text_id
     _write_json(
-        path / "generation_config.json",
-        {"bos_token_id": 50256, "eos_token_id": 50256},
+        path / "generation_config.json", {"bos_token_id": end, "eos_token_id": end}
     )
+    # Tokenizer files already there (exported first) get this context length.
+    tokenizer_config = path / "tokenizer_config.json"
+    if tokenizer_config.exists():
+        settings = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+        settings["model_max_length"] = config.n_positions
+        _write_json(tokenizer_config, settings)
     return path
 
 
 def export_tokenizer(
-    tokenizer: Any, path: str | os.PathLike, model_max_length: int = 1024
+    tokenizer: Any, path: str | os.PathLike, model_max_length: int | None = None
 ) -> Path:
     """Writes a `GPTTokenizer` as Hugging Face GPT-2 tokenizer files.
 
@@ -188,8 +194,10 @@ def export_tokenizer(
     Args:
         tokenizer: a `GPTTokenizer`.
         path: the output folder; created if needed.
-        model_max_length: the context length `tokenizer_config.json` records
-            (GPT-2's 1024 unless the model's is known).
+        model_max_length: the context length `tokenizer_config.json` records.
+            Defaults to `n_positions` of a `config.json` already in `path`
+            (the model exported first), else GPT-2's 1024; `export_backbone`
+            also updates it when the tokenizer was exported first.
 
     Returns:
         The folder, as a `Path`.
@@ -204,6 +212,12 @@ def export_tokenizer(
             "with `backbone.export_to_transformers(path)`."
         )
     path = Path(path)
+    if model_max_length is None:
+        model_max_length = 1024
+        model_config = path / "config.json"
+        if model_config.exists():
+            settings = json.loads(model_config.read_text(encoding="utf-8"))
+            model_max_length = settings.get("n_positions", model_max_length)
     write_tokenizer_files(tokenizer, path, model_max_length)
     return path
 
@@ -245,7 +259,8 @@ def export_to_transformers(model: Any, path: str | os.PathLike) -> Path:
         warnings.warn(
             f"Tokenizer files not exported to {path}: the model's vocabulary "
             f"({config.vocab_size} ids, tokenizer {type(tokenizer).__name__}) is "
-            "not GPT-2's. Only the weights and config.json were written.",
+            "not GPT-2's. Only the model files (config.json, model.safetensors, "
+            "generation_config.json) were written.",
             UserWarning,
             stacklevel=2,
         )
