@@ -511,6 +511,21 @@ def test_export_small_vocabulary_has_no_end_of_text_id(tmp_path):
     np.testing.assert_allclose(reference_logits(reloaded, ids)[1], ours, atol=1e-5)
 
 
+def test_export_refuses_a_keras_hub_preset_folder(tiny, tmp_path):
+    hf_dir, _, _ = tiny
+    lm = kgs.GPTCausalLM.from_preset(str(hf_dir))
+    preset = tmp_path / "preset"
+    lm.save_to_preset(preset)
+    before = {p.name: p.read_bytes() for p in preset.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="keras_hub preset.*another folder"):
+        lm.export_to_transformers(preset)
+    with pytest.raises(ValueError, match="keras_hub preset"):
+        lm.backbone.export_to_transformers(preset)
+    after = {p.name: p.read_bytes() for p in preset.iterdir() if p.is_file()}
+    assert after == before
+    kgs.GPTCausalLM.from_preset(str(preset))  # still loads
+
+
 def test_export_tokenizer_needs_gpt2_bpe(tmp_path):
     simple = kgs.SimpleTokenizer.from_text("the cat sat")
     with pytest.raises(ValueError, match="Only a GPTTokenizer.*SimpleTokenizer"):

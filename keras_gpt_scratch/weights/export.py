@@ -38,6 +38,7 @@ def write_transformers_checkpoint(
         config: the geometry, written as the `config.json`.
         directory: the folder; created if needed. Existing files of the same
             names are replaced, each atomically; other files are left alone.
+            A keras_hub preset folder (with `metadata.json`) is refused.
         prefix: put before every name but `lm_head.weight`;
             `"transformer."` is what `GPT2LMHeadModel.save_pretrained` writes.
 
@@ -47,6 +48,13 @@ def write_transformers_checkpoint(
     from safetensors.numpy import save_file
 
     directory = Path(directory)
+    if (directory / "metadata.json").exists():
+        # keras_hub's presets have a config.json of their own.
+        raise ValueError(
+            f"{directory} is a keras_hub preset (it has metadata.json); writing "
+            "a Hugging Face checkpoint there would replace its config.json. "
+            "Export to another folder."
+        )
     directory.mkdir(parents=True, exist_ok=True)
     expected = names.expected_shapes(config)
     if set(tensors) != set(expected):
