@@ -464,22 +464,23 @@ def test_backbone_tokenizer_and_preprocessor_export_like_keras_hub(tiny, tmp_pat
     assert (alone / "merges.txt").read_bytes() == (whole / "merges.txt").read_bytes()
 
 
-def test_export_merges_lora_and_refuses_int8(tmp_path):
-    lm = kgs.GPTCausalLM(
-        kgs.GPTBackbone(
-            vocabulary_size=50257,
-            num_layers=1,
-            num_heads=2,
-            hidden_dim=16,
-            max_sequence_length=16,
-        ),
-        preprocessor=None,
+def one_layer_backbone(vocabulary_size):
+    return kgs.GPTBackbone(
+        vocabulary_size=vocabulary_size,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        max_sequence_length=16,
     )
+
+
+def test_export_merges_lora_and_refuses_int8(tmp_path):
+    lm = kgs.GPTCausalLM(one_layer_backbone(50257), preprocessor=None)
     ids = token_batch(seed=6, length=8)
     lm.backbone.enable_lora(2)
+    query = lm.backbone.get_layer("transformer_layer_0").attention.query
     rng = np.random.default_rng(0)
-    for layer in (lm.backbone.get_layer("transformer_layer_0").attention.query,):
-        layer.lora_kernel_b.assign(rng.normal(0, 0.5, layer.lora_kernel_b.shape))
+    query.lora_kernel_b.assign(rng.normal(0, 0.5, query.lora_kernel_b.shape))
     ours = our_outputs(lm, ids)[1]
     lm.backbone.export_to_transformers(tmp_path / "lora")
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "lora").eval()
@@ -492,13 +493,7 @@ def test_export_merges_lora_and_refuses_int8(tmp_path):
 
 
 def test_export_small_vocabulary_has_no_end_of_text_id(tmp_path):
-    backbone = kgs.GPTBackbone(
-        vocabulary_size=100,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        max_sequence_length=16,
-    )
+    backbone = one_layer_backbone(100)
     backbone.export_to_transformers(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     generation = json.loads((tmp_path / "generation_config.json").read_text())

@@ -14,6 +14,11 @@ class DownloadError(ConnectionError):
     """Fetching a checkpoint file from the Hub failed; nothing was cached."""
 
 
+# GPTTokenizer's vocabulary: a converted model needs at least this many rows
+# to take its ids. The last one is `<|endoftext|>`.
+GPT2_VOCABULARY_SIZE = 50257
+END_OF_TEXT_ID = GPT2_VOCABULARY_SIZE - 1
+
 # `activation_function` values that are GPT-2's tanh-approximated GELU, the
 # only one `GPTBackbone` builds (`gelu_new` and `gelu_pytorch_tanh` are the
 # same function in `transformers`).
@@ -203,7 +208,7 @@ class GPT2Config:
     @property
     def end_of_text_id(self) -> int | None:
         """GPT-2's `<|endoftext|>` id, 50256, or `None` if the vocabulary is smaller."""
-        return 50256 if self.vocab_size > 50256 else None
+        return END_OF_TEXT_ID if self.vocab_size >= GPT2_VOCABULARY_SIZE else None
 
     def backbone_kwargs(self) -> dict[str, Any]:
         """`GPTBackbone` arguments for this geometry (GPT-2 has qkv biases)."""

@@ -10,12 +10,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from keras_gpt_scratch.weights import names
-from keras_gpt_scratch.weights.config import CheckpointError, GPT2Config
+from keras_gpt_scratch.weights.config import (
+    GPT2_VOCABULARY_SIZE,
+    CheckpointError,
+    GPT2Config,
+)
 from keras_gpt_scratch.weights.readers import GPT2Checkpoint, read_gpt2_checkpoint
-
-# GPTTokenizer's vocabulary: a converted model needs at least this many rows
-# to take its ids.
-GPT2_VOCABULARY_SIZE = 50257
 
 
 def _progress(iterable, total: int, desc: str, progress: bool):

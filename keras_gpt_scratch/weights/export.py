@@ -13,8 +13,12 @@ import numpy as np
 from keras_gpt_scratch import paths
 from keras_gpt_scratch.io_utils import atomic_file
 from keras_gpt_scratch.weights import names
-from keras_gpt_scratch.weights.config import CheckpointError, GPT2Config
-from keras_gpt_scratch.weights.convert import GPT2_VOCABULARY_SIZE, backbone_tensors
+from keras_gpt_scratch.weights.config import (
+    GPT2_VOCABULARY_SIZE,
+    CheckpointError,
+    GPT2Config,
+)
+from keras_gpt_scratch.weights.convert import backbone_tensors
 
 END_OF_TEXT = "<|endoftext|>"
 MERGES_HEADER = "#version: 0.2"
