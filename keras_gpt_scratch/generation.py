@@ -160,8 +160,12 @@ def stream(
 
     The prompt is processed in one pass; every later step feeds one token
     through a compiled function that reads and extends the cache (with XLA
-    unless `lm.generate_jit_compile` is False; it is compiled once per model
-    and cache length, in the first token's step).
+    unless `lm.generate_jit_compile` is False). In float32 with XLA that
+    step multiplies by the layers' kernels transposed, made once per call,
+    as `GPTCausalLM.generate` does. The cache is rounded up to one of a few
+    sizes (`cache_length`), so streams of different lengths share a
+    compiled step: it is compiled once per model and cache size, in the
+    first token's step.
     """
     _check_sampling(temperature, top_k, top_p)
     prompt_ids = [int(i) for i in prompt_ids]
@@ -174,12 +178,13 @@ def stream(
             f"length is {limit}, so nothing can follow it. Shorten the prompt."
         )
     total = min(len(prompt_ids) + max_new_tokens, limit)
-    cache = lm.empty_cache(1, total)
+    cache = lm.empty_cache(1, cache_length(total, limit))
     prompt_step, step = _step_functions(lm)
     rng = np.random.default_rng(seed)
     logits, cache = prompt_step(
         tf.constant([prompt_ids], "int32"), cache, tf.constant(0)
     )
+    kernels = None
     for position in range(len(prompt_ids), total):
         row = np.asarray(logits.numpy()[0], "float64")
         probs = _filter_logits(row[None], temperature, top_k, top_p)
@@ -187,9 +192,26 @@ def stream(
         yield token
         if (stop_token_ids and token in stop_token_ids) or position + 1 >= total:
             return
+        if kernels is None:
+            # After the first token, which then arrives without this delay
+            # (made alongside the prompt's pass, they delayed it as much).
+            kernels = tuple(layer.one_row_kernel() for layer in lm._one_row_layers())
         logits, cache = step(
-            tf.constant([[token]], "int32"), cache, tf.constant(position)
+            tf.constant([[token]], "int32"), cache, tf.constant(position), kernels
         )
+
+
+def cache_length(total: int, limit: int) -> int:
+    """The stream's cache size for `total` positions: a power of two from
+    64 up to 256, then a multiple of 256, at most `limit`. XLA compiles the
+    decoding step once per cache size, and each cached position costs a
+    little every step (the cache is copied in and out of the compiled step),
+    so sizes are few but not much larger than needed."""
+    if total <= 256:
+        size = max(64, 1 << (total - 1).bit_length())
+    else:
+        size = -(-total // 256) * 256
+    return min(size, limit)
 
 
 def _step_functions(lm):
@@ -199,17 +221,25 @@ def _step_functions(lm):
     fns = getattr(lm, "_stream_step", None)
     if fns is None or getattr(lm, "_stream_key", None) != key:
 
-        def step(token_ids, cache, index):
+        def prompt_step(token_ids, cache, index):
             logits, _, cache = lm.call_with_cache(token_ids, cache, index)
             return logits[:, -1, :], cache
 
+        def token_step(token_ids, cache, index, kernels):
+            # `kernels`: see `GPTCausalLM._one_row_kernels`.
+            with lm._one_row_kernels(kernels):
+                return prompt_step(token_ids, cache, index)
+
+        # Traced for the first call's shapes, and once more for any shape
+        # (`reduce_retracing`): an input signature of unknown lengths from the
+        # start made the first token about 0.8 s later for 124M. The one-token
+        # step runs with XLA, as `generate` does (int8 weights are read as
+        # int8 only there), compiled per cache size; the prompt's pass runs
+        # once, not worth an XLA compilation of its own.
         options = dict(reduce_retracing=True, autograph=False)
-        # The one-token step runs with XLA, as `generate` does (int8 weights
-        # are read as int8 only there); the prompt's pass runs once, not worth
-        # an XLA compilation of its own.
         fns = (
-            tf.function(step, **options),
-            tf.function(step, jit_compile=lm.generate_jit_compile, **options),
+            tf.function(prompt_step, **options),
+            tf.function(token_step, jit_compile=lm.generate_jit_compile, **options),
         )
         lm._stream_step, lm._stream_key = fns, key
     return fns

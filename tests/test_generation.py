@@ -258,15 +258,16 @@ def assert_steps_match_the_eager_model(q, prompt):
     eager, _, _ = q.call_with_cache(ids, q.empty_cache(1, 8), 0)
     np.testing.assert_allclose(logits, eager[:, -1], rtol=1e-5, atol=1e-5)
     token = tf.constant([[11]], "int32")
-    logits, _ = token_step(token, cache, tf.constant(4))
+    kernels = tuple(layer.one_row_kernel() for layer in q._one_row_layers())
+    logits, _ = token_step(token, cache, tf.constant(4), kernels)
     eager, _, _ = q.call_with_cache(token, cache, 4)
     np.testing.assert_allclose(logits, eager[:, -1], rtol=1e-5, atol=1e-5)
     return logits
 
 
 def traced_then_changed(lm, change):
-    """A model whose generate and stream functions were traced (stream with
-    a cache of 8), then `change`d; returns it with its logits from before."""
+    """A model whose generate and stream functions were traced, then
+    `change`d; returns it with its logits from before."""
     q = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), preprocessor=None)
     q.set_weights(lm.get_weights())
     prompt = [464, 3290, 318, 257]
@@ -312,6 +313,47 @@ def test_switching_xla_off_traces_generate_and_stream_again(lm):
     np.testing.assert_allclose(
         assert_steps_match_the_eager_model(q, prompt), before, rtol=1e-5, atol=1e-5
     )
+
+
+def test_stream_token_step_multiplies_by_the_kernels_it_is_given(lm):
+    """In float32 with XLA the one-token step reads the transposed kernels
+    passed in (made once per stream), not the layers' own."""
+    prompt_step, token_step = generation._step_functions(lm)
+    layers = lm._one_row_layers()
+    assert len(layers) == 6 * MICRO["num_layers"]  # q, k, v, out and the MLP's two
+    ids = tf.constant([[464, 3290, 318]], "int32")
+    _, cache = prompt_step(ids, lm.empty_cache(1, 8), tf.constant(0))
+    token = tf.constant([[11]], "int32")
+    kernels = [layer.one_row_kernel() for layer in layers]
+    right, _ = token_step(token, cache, tf.constant(3), tuple(kernels))
+    kernels[0] = tf.zeros_like(kernels[0])  # one layer's
+    wrong, _ = token_step(token, cache, tf.constant(3), tuple(kernels))
+    eager, _, _ = lm.call_with_cache(token, cache, 3)
+    np.testing.assert_allclose(right, eager[:, -1], rtol=1e-5, atol=1e-5)
+    assert np.abs(wrong - eager[:, -1]).max() > 1e-3
+    assert all(layer._one_row_kernel is None for layer in layers)  # reset
+
+
+def test_stream_cache_sizes_are_few(lm, monkeypatch):
+    """Streams of different lengths share a cache size, and so one XLA
+    compilation of the token step."""
+    assert [
+        generation.cache_length(n, 1024) for n in (1, 64, 65, 200, 257, 600, 1000)
+    ] == [64, 64, 128, 256, 512, 768, 1024]
+    assert generation.cache_length(100, 80) == 80
+    q = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), preprocessor=None)
+    q.set_weights(lm.get_weights())
+    sizes = []
+    empty_cache = q.empty_cache
+    monkeypatch.setattr(
+        q, "empty_cache", lambda b, n: sizes.append(n) or empty_cache(b, n)
+    )
+    prompt = [464, 3290, 318, 257]
+    for new in (3, 9, 20):
+        greedy = list(generation.stream(q, prompt, new, stop_token_ids=None))
+        assert len(greedy) == new
+    assert sizes == [64, 64, 64]
+    assert generation._step_functions(q)[1].experimental_get_tracing_count() == 1
 
 
 def test_stream_stops_at_the_context_and_rejects_long_prompts(lm):

@@ -590,30 +590,46 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
             return whole()
         return chunked()
 
+    def _one_row_layers(self) -> list:
+        """The `Linear` layers that batch-1 decoding multiplies by their
+        kernels transposed (`Linear.one_row_kernel`): the float ones without
+        LoRA, and only with `generate_jit_compile` (without XLA the
+        transposes would run on every call)."""
+        if not self.generate_jit_compile:
+            return []
+        return [
+            layer
+            for layer in self.backbone._flatten_layers(include_self=False)
+            if isinstance(layer, Linear)
+            and layer.quantization_mode is None
+            and not layer.lora_enabled
+        ]
+
     @contextlib.contextmanager
-    def _one_row_kernels(self):
+    def _one_row_kernels(self, kernels=None):
         """Float `Linear` layers multiply one row (batch-1 decoding) by their
         kernels transposed (`Linear.one_row_kernel`) while this traces.
 
-        The transposes are made once per `generate` call, before the loop:
-        60 to 110 ms and a second copy of the kernels (340 MB) for GPT-2
-        124M in float32, against about 4 ms saved per new token, so calls
-        that make fewer than about 20 tokens are slower. With more rows XLA
-        drops them unused. Without XLA they would run on every call, so they
-        are made only with `generate_jit_compile`.
+        `kernels`, one per `_one_row_layers()`, are made by the caller (the
+        stream passes them to its compiled step); by default they are made
+        here, once per `generate` call, before the loop: 60 to 110 ms and a
+        second copy of the kernels (340 MB) for GPT-2 124M in float32,
+        against about 4 ms saved per new token, so calls that make fewer
+        than about 20 tokens are slower. With more rows XLA drops them
+        unused.
         """
-        layers = []
-        if self.generate_jit_compile:
-            layers = [
-                layer
-                for layer in self.backbone._flatten_layers(include_self=False)
-                if isinstance(layer, Linear)
-                and layer.quantization_mode is None
-                and not layer.lora_enabled
-            ]
+        layers = self._one_row_layers()
+        if kernels is None:
+            kernels = [layer.one_row_kernel() for layer in layers]
+        if len(kernels) != len(layers):
+            raise ValueError(
+                f"Got {len(kernels)} one-row kernels for {len(layers)} layers; "
+                "make them with `[l.one_row_kernel() for l in "
+                "lm._one_row_layers()]` after any quantize or enable_lora."
+            )
         try:
-            for layer in layers:
-                layer._one_row_kernel = layer.one_row_kernel()
+            for layer, kernel in zip(layers, kernels, strict=True):
+                layer._one_row_kernel = kernel
             yield
         finally:
             for layer in layers:
