@@ -160,14 +160,16 @@ def stream(
 
     The prompt is processed in one pass; every later step feeds one token
     through a compiled function that reads and extends the cache (with XLA
-    unless `lm.generate_jit_compile` is False). In float32 with XLA that
-    step multiplies by the layers' kernels transposed, made once per call,
+    unless `lm.generate_jit_compile` is False). With float weights and XLA
+    that step multiplies by the layers' kernels transposed, made once per call,
     as `GPTCausalLM.generate` does. The cache is rounded up to one of a few
     sizes (`cache_length`), so streams of different lengths share a
     compiled step: it is compiled once per model and cache size, in the
     first token's step.
     """
     _check_sampling(temperature, top_k, top_p)
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be 0 or more, got {max_new_tokens}.")
     prompt_ids = [int(i) for i in prompt_ids]
     limit = lm.backbone.max_sequence_length
     if not prompt_ids:

@@ -338,11 +338,13 @@ def test_stream_cache_sizes_are_few(lm, monkeypatch):
     """Streams of different lengths share a cache size, and so one XLA
     compilation of the token step."""
     assert [
-        generation.cache_length(n, 1024) for n in (1, 64, 65, 200, 257, 600, 1000)
-    ] == [64, 64, 128, 256, 512, 768, 1024]
+        generation.cache_length(n, 1024) for n in (1, 64, 65, 200, 256, 257, 600, 1000)
+    ] == [64, 64, 128, 256, 256, 512, 768, 1024]
     assert generation.cache_length(100, 80) == 80
-    q = kgs.GPTCausalLM(kgs.GPTBackbone(**MICRO), preprocessor=None)
-    q.set_weights(lm.get_weights())
+    assert generation.cache_length(20, 32) == 32
+    q = kgs.GPTCausalLM(
+        kgs.GPTBackbone(**{**MICRO, "max_sequence_length": 256}), preprocessor=None
+    )
     sizes = []
     empty_cache = q.empty_cache
     monkeypatch.setattr(
@@ -354,6 +356,8 @@ def test_stream_cache_sizes_are_few(lm, monkeypatch):
         assert len(greedy) == new
     assert sizes == [64, 64, 64]
     assert generation._step_functions(q)[1].experimental_get_tracing_count() == 1
+    assert len(list(generation.stream(q, prompt, 70, stop_token_ids=None))) == 70
+    assert sizes[-1] == 128  # 74 positions
 
 
 def test_stream_stops_at_the_context_and_rejects_long_prompts(lm):
@@ -361,6 +365,9 @@ def test_stream_stops_at_the_context_and_rejects_long_prompts(lm):
     assert len(got) == 4  # 60 prompt tokens + 4 = the context of 64
     with pytest.raises(ValueError, match="context length is 64"):
         list(generation.stream(lm, list(range(64)), 5))
+    with pytest.raises(ValueError, match="max_new_tokens must be 0 or more"):
+        list(generation.stream(lm, [1, 2], -1))
+    assert list(generation.stream(lm, [1, 2], 0)) == []
 
 
 def test_cli_generate_streams_text(lm, tmp_path):
