@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_gpt_scratch.weights.config import END_OF_TEXT_ID
+
 
 def _filter_logits(
     logits: np.ndarray,
@@ -154,7 +156,7 @@ def stream(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
-    stop_token_ids=(50256,),
+    stop_token_ids=(END_OF_TEXT_ID,),
 ) -> Iterator[int]:
     """Yield new token ids one at a time, decoding with the key/value cache.
 

@@ -31,6 +31,7 @@ from keras_hub.tokenizers import Tokenizer
 from keras_gpt_scratch import paths
 from keras_gpt_scratch.models import gpt_presets
 from keras_gpt_scratch.models.gpt_backbone import GPTBackbone
+from keras_gpt_scratch.weights.config import END_OF_TEXT_ID, GPT2_VOCABULARY_SIZE
 
 try:
     from tiktoken_ext.openai_public import r50k_pat_str as GPT2_PATTERN
@@ -42,8 +43,7 @@ except ImportError:  # pragma: no cover - tiktoken moved its constants.
     )
 
 END_OF_TEXT = "<|endoftext|>"
-END_OF_TEXT_ID = 50256
-VOCABULARY_SIZE = 50257
+VOCABULARY_SIZE = GPT2_VOCABULARY_SIZE
 
 RANKS_FILENAME = "gpt2.tiktoken"
 RANKS_SHA256 = paths.KNOWN_SHA256["gpt2/gpt2.tiktoken"]
