@@ -1,6 +1,6 @@
 """Latency and speed of `keras_gpt_scratch.generation.stream`, token by token.
 
-Builds a `GPTCausalLM` of the GPT-2 124M geometry with random weights
+Builds a `GPTCausalLM` of the built-in `gpt2_124m` geometry with fresh weights
 (optionally int8), then runs several streams in this one process, greedy and
 without stop tokens, with random prompt ids. For each stream it prints when
 the first token came, the wait for the second (the first stream's XLA
@@ -40,15 +40,8 @@ def main(argv=None) -> None:
 
     keras.utils.set_random_seed(args.seed)
     start = time.perf_counter()
-    backbone = kgs.GPTBackbone(
-        vocabulary_size=50257,
-        num_layers=12,
-        num_heads=12,
-        hidden_dim=768,
-        max_sequence_length=1024,
-        dropout=0.0,
-    )
-    lm = kgs.GPTCausalLM(backbone, preprocessor=None)
+    # The built-in preset's geometry, with fresh weights (nothing to fetch).
+    lm = kgs.GPTCausalLM.from_preset("gpt2_124m", load_weights=False, preprocessor=None)
     if args.int8:
         lm.quantize("int8")
     print(f"model built in {time.perf_counter() - start:.1f} s", flush=True)
