@@ -109,5 +109,42 @@ def test_limits_take_the_faster_memory_read():
     assert lim["read_bandwidth_gbs"] == max(
         lim["numpy_read_bandwidth_gbs"], lim["tf_read_bandwidth_gbs"]
     )
+    assert lim["matmul_peak_gflops"] == max(
+        lim["tf_matmul_gflops"], lim["numpy_matmul_gflops"]
+    )
     table = bench.render({"limits": lim})
     assert "(TF sum " in table and "on one core)" in table
+
+
+def test_limits_are_the_best_round_and_mfu_is_over_the_faster_library():
+    def limits(tf_peak, numpy_peak, bandwidth):
+        return {
+            "tf_matmul_gflops": tf_peak,
+            "numpy_matmul_gflops": numpy_peak,
+            "matmul_peak_gflops": max(tf_peak, numpy_peak),
+            "read_bandwidth_gbs": bandwidth,
+            "peak_rss_mb": 1.0,
+        }
+
+    results = {
+        # A slow round (a busy shared machine) must not pass for the limit.
+        "limits": {"limits": [limits(100.0, 150.0, 10.0), limits(60.0, 70.0, 12.0)]},
+        "train_tiny": {
+            "ours": [{"tokens_per_s": 100.0, "train_flops_per_token": 1e9}],
+        },
+        "generate_b1": {"ours": [{"tokens_per_s": 20.0}]},
+    }
+    s = bench.summarise(results)
+    assert s["limits"]["matmul_peak_gflops"] == 150.0
+    assert s["limits"]["read_bandwidth_gbs"] == 12.0
+    assert s["limits"]["measurements"] == 2
+    assert s["train_tiny"]["ours"]["mfu"] == pytest.approx(100 * 1e9 / 150e9)
+    bound = 12e9 / (124_439_808 * 4)
+    assert s["generate_b1"]["ours"]["fraction_of_bound"] == pytest.approx(20 / bound)
+    assert "machine limits (best of 2 measurements)" in bench.render(s)
+
+
+def test_plan_measures_the_limits_at_both_ends():
+    jobs = bench.plan(["limits", "train_tiny"], torch_ok=False)
+    assert [case for case, _ in jobs] == ["limits", "train_tiny", "limits"]
+    assert bench.plan(["limits"], torch_ok=False) == [("limits", ["limits"])]
