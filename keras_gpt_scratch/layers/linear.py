@@ -86,8 +86,9 @@ class Linear(keras.layers.Dense):
     In float it is exactly `Dense` (the book's `nn.Linear`), with the same
     weights, names and saved files. After `quantize("int8")` it also keeps its
     int8 kernel transposed, `(units, input_dim)`, and multiplies through
-    `int8_matmul`: on this project's CPU that made batch-1 decoding of GPT-2
-    124M with int8 weights over three times as fast as with float32 weights
+    `int8_matmul`: on this project's first (AMD) CPU that made batch-1
+    decoding of GPT-2 124M with int8 weights over three times as fast as
+    with float32 weights, and 1.7 times on its later Intel CPU
     (BENCHMARKS.md), where Keras' own int8 `Dense` was barely faster than
     float32. The saved
     variables stay Keras' (`kernel`, `bias`, `kernel_scale`); the transposed
