@@ -95,7 +95,8 @@ def worker_limits(quick: bool) -> dict:
     np_gflops = best_gflops(lambda: an @ bn)
 
     # Memory read: NumPy's sum uses one core, TensorFlow's all of them; the
-    # bound is the faster (one core read 24 GB/s here, two about 31).
+    # bound is the faster (AMD EPYC: one core 24 GB/s, two about 31; Intel
+    # Xeon VM: one core 8-9, two 17-28).
     big = np.ones(((128 if quick else 512) * 2**20) // 4, "float32")
     big.sum()
     t = time.perf_counter()
