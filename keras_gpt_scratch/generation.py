@@ -199,7 +199,7 @@ def stream(
         if kernels is None:
             # After the first token, which then arrives without this delay
             # (made alongside the prompt's pass, they delayed it as much).
-            kernels = tuple(layer.one_row_kernel() for layer in lm._one_row_layers())
+            kernels = lm._make_one_row_kernels()
         logits, cache = step(
             tf.constant([[token]], "int32"), cache, tf.constant(position), kernels
         )

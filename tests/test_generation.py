@@ -258,8 +258,7 @@ def assert_steps_match_the_eager_model(q, prompt):
     eager, _, _ = q.call_with_cache(ids, q.empty_cache(1, 8), 0)
     np.testing.assert_allclose(logits, eager[:, -1], rtol=1e-5, atol=1e-5)
     token = tf.constant([[11]], "int32")
-    kernels = tuple(layer.one_row_kernel() for layer in q._one_row_layers())
-    logits, _ = token_step(token, cache, tf.constant(4), kernels)
+    logits, _ = token_step(token, cache, tf.constant(4), q._make_one_row_kernels())
     eager, _, _ = q.call_with_cache(token, cache, 4)
     np.testing.assert_allclose(logits, eager[:, -1], rtol=1e-5, atol=1e-5)
     return logits
@@ -324,7 +323,7 @@ def test_stream_token_step_multiplies_by_the_kernels_it_is_given(lm):
     ids = tf.constant([[464, 3290, 318]], "int32")
     _, cache = prompt_step(ids, lm.empty_cache(1, 8), tf.constant(0))
     token = tf.constant([[11]], "int32")
-    kernels = [layer.one_row_kernel() for layer in layers]
+    kernels = list(lm._make_one_row_kernels())
     right, _ = token_step(token, cache, tf.constant(3), tuple(kernels))
     kernels[0] = tf.zeros_like(kernels[0])  # one layer's
     wrong, _ = token_step(token, cache, tf.constant(3), tuple(kernels))
@@ -332,6 +331,10 @@ def test_stream_token_step_multiplies_by_the_kernels_it_is_given(lm):
     np.testing.assert_allclose(right, eager[:, -1], rtol=1e-5, atol=1e-5)
     assert np.abs(wrong - eager[:, -1]).max() > 1e-3
     assert all(layer._one_row_kernel is None for layer in layers)  # reset
+    with pytest.raises(ValueError, match=r"lm\._make_one_row_kernels\(\)"):
+        with lm._one_row_kernels(tuple(kernels[:-1])):  # one short
+            pass
+    assert all(layer._one_row_kernel is None for layer in layers)
 
 
 def test_stream_cache_sizes_are_few(lm, monkeypatch):

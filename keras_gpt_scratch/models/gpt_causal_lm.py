@@ -605,12 +605,16 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
             and not layer.lora_enabled
         ]
 
+    def _make_one_row_kernels(self) -> tuple:
+        """`Linear.one_row_kernel()` of each of `_one_row_layers()`."""
+        return tuple(layer.one_row_kernel() for layer in self._one_row_layers())
+
     @contextlib.contextmanager
     def _one_row_kernels(self, kernels=None):
         """Float `Linear` layers multiply one row (batch-1 decoding) by their
         kernels transposed (`Linear.one_row_kernel`) while this traces.
 
-        `kernels`, one per `_one_row_layers()`, are made by the caller (the
+        `kernels` (`_make_one_row_kernels()`) are made by the caller (the
         stream passes them to its compiled step); by default they are made
         here, once per `generate` call, before the loop: 60 to 110 ms and a
         second copy of the kernels (340 MB) for GPT-2 124M in float32,
@@ -620,12 +624,12 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         """
         layers = self._one_row_layers()
         if kernels is None:
-            kernels = [layer.one_row_kernel() for layer in layers]
+            kernels = self._make_one_row_kernels()
         if len(kernels) != len(layers):
             raise ValueError(
                 f"Got {len(kernels)} one-row kernels for {len(layers)} layers; "
-                "make them with `[l.one_row_kernel() for l in "
-                "lm._one_row_layers()]` after any quantize or enable_lora."
+                "make them with `lm._make_one_row_kernels()` after any "
+                "quantize or enable_lora."
             )
         try:
             for layer, kernel in zip(layers, kernels, strict=True):
