@@ -1,9 +1,11 @@
+import contextlib
 import os
 
 import keras
 import keras_hub
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_gpt_scratch as kgs
 
@@ -240,4 +242,69 @@ def test_untied_head_survives_preset_and_keras_saving(tmp_path):
     lm.save(tmp_path / "m.keras")
     np.testing.assert_allclose(
         keras.saving.load_model(tmp_path / "m.keras")(x), lm(x), atol=1e-6
+    )
+
+
+def _fit_recording_updates(optimizer, jit, tie=True, strategy=None):
+    """Three fit steps; returns the start and end weights and where each
+    `optimizer.apply` was traced (the name of its graph)."""
+    keras.utils.set_random_seed(0)
+    seq = np.tile(np.arange(1, 9), 3)[:17]
+    x = batch(np.tile(seq[:16], (6, 1)))
+    y = np.tile(seq[1:17], (6, 1)).astype("int32")
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        lm = kgs.GPTCausalLM(
+            kgs.GPTBackbone(**TINY, tie_weights=tie), preprocessor=None
+        )
+        lm.optimizer_jit_compile = jit
+        lm.compile(optimizer=optimizer())
+    graphs = []
+    original = lm.optimizer.apply
+
+    def apply(*args, **kwargs):
+        graphs.append(tf.compat.v1.get_default_graph().name)
+        return original(*args, **kwargs)
+
+    lm.optimizer.apply = apply
+    start = [w.numpy() for w in lm.trainable_weights]
+    lm.fit(x, y, batch_size=2, epochs=1, verbose=0, shuffle=False)
+    iterations = int(lm.optimizer.iterations.numpy())
+    return start, [w.numpy() for w in lm.trainable_weights], graphs, iterations
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: "auto",  # TorchAdamW's fused kernel, with global clipping
+        lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.1),
+        lambda: keras.optimizers.AdamW(1e-2, gradient_accumulation_steps=2),
+        lambda: keras.optimizers.AdamW(1e-2, use_ema=True, ema_overwrite_frequency=2),
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9, clipnorm=0.5),
+        lambda: keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-2, 3)),
+    ],
+    ids=["default", "adamw", "accumulation", "ema", "sgd-clipnorm", "schedule"],
+)
+def test_optimizer_update_under_xla_matches_keras(optimizer):
+    start, xla, xla_graphs, xla_iterations = _fit_recording_updates(optimizer, True)
+    _, plain, plain_graphs, plain_iterations = _fit_recording_updates(optimizer, False)
+    # Traced inside the XLA function only when it is on.
+    assert xla_graphs and all("optimizer_update" in g for g in xla_graphs)
+    assert plain_graphs and not any("optimizer_update" in g for g in plain_graphs)
+    assert xla_iterations == plain_iterations > 0
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(plain, start, strict=True))
+    assert moved > 1e-3
+    for a, b in zip(xla, plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_gradients_and_strategies_keep_keras_update():
+    adam = lambda: keras.optimizers.Adam(1e-2)  # noqa: E731
+    # An untied embedding's gradient is an IndexedSlices.
+    _, _, graphs, _ = _fit_recording_updates(adam, True, tie=False)
+    assert graphs and not any("optimizer_update" in g for g in graphs)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    start, end, graphs, _ = _fit_recording_updates(adam, True, strategy=strategy)
+    assert graphs and not any("optimizer_update" in g for g in graphs)
+    assert (
+        max(float(np.abs(a - b).max()) for a, b in zip(end, start, strict=True)) > 1e-3
     )

@@ -332,9 +332,7 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
         if self.trainable_weights:
             trainable_weights = self.trainable_weights
             gradients = tape.gradient(loss, trainable_weights)
-            self.optimizer.apply_gradients(
-                zip(gradients, trainable_weights, strict=True)
-            )
+            self._apply_gradients(gradients, trainable_weights)
         else:
             warnings.warn(
                 "The model does not have any trainable weights.", stacklevel=2
@@ -352,6 +350,47 @@ class GPTCausalLM(SyncsInt8Kernels, gpt_presets.PresetMixin, CausalLM):
             return super().test_step(data)
         self._fused_loss(x, y, sample_weight, metrics, training=False)
         return self.get_metrics_result()
+
+    @property
+    def optimizer_jit_compile(self) -> bool:
+        """XLA for the optimizer's update in `fit` (see `_apply_gradients`).
+
+        Read when `fit` traces its step: set it before the first `fit`, or
+        call `compile()` again after changing it.
+        """
+        return getattr(self, "_optimizer_jit_compile", True)
+
+    @optimizer_jit_compile.setter
+    def optimizer_jit_compile(self, value: bool):
+        self._optimizer_jit_compile = bool(value)
+
+    def _apply_gradients(self, gradients, trainable_weights):
+        """`optimizer.apply`, compiled as one XLA program where it can be.
+
+        Keras runs an optimizer's update op by op: for AdamW about ten
+        elementwise passes over every weight and its moments, 124M weights
+        for GPT-2 small, running alongside the backward pass's products on
+        the same cores. XLA fuses them into one pass per weight. On 2 Intel
+        Xeon cores, GPT-2 124M `fit` steps with Keras AdamW took a median of
+        14% less time with it (README, Measured results). Under a
+        distribution strategy (the update all-reduces and merges across
+        replicas) and for sparse gradients (an untied embedding's), Keras'
+        own update runs.
+        """
+        optimizer = self.optimizer
+        dense = all(g is None or isinstance(g, tf.Tensor) for g in gradients)
+        if not self.optimizer_jit_compile or not dense or tf.distribute.has_strategy():
+            optimizer.apply_gradients(zip(gradients, trainable_weights, strict=True))
+            return
+        if not optimizer.built:
+            optimizer.build(trainable_weights)
+
+        def optimizer_update(gradients):
+            optimizer.apply(gradients, trainable_weights)
+            return tf.constant(0)
+
+        # Straight-line update code: AutoGraph has nothing to convert.
+        tf.function(optimizer_update, jit_compile=True, autograph=False)(gradients)
 
     # === Generation ===
 
