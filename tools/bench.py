@@ -28,9 +28,9 @@ Cases:
                 logits: kgs.CrossEntropy against Keras'
                 SparseCategoricalCrossentropy(from_logits=True)
 
-Training uses the same optimizer (Keras AdamW) for every Keras contender and
-each model's own default loss; tokens/s is batch tokens over the median step
-time (the first, tracing step excluded).
+Training uses the same optimizer (Keras AdamW) for every Keras contender, with
+each model's own training step and default loss; tokens/s is batch tokens over
+the median step time (the first, tracing step excluded).
 """
 
 from __future__ import annotations
@@ -626,7 +626,8 @@ def markdown(meta: dict, table: str) -> str:
         "The generation bound is batch x bandwidth / weight bytes, with the "
         "faster of two memory-read measures (TF's sum on all cores, NumPy's on "
         "one). Training: "
-        "Keras AdamW (1e-4) for both Keras models with each model's own default "
+        "Keras AdamW (1e-4) for both Keras models, each with its own training "
+        "step (ours runs the optimizer's update as one XLA function) and default "
         "loss (ours: kgs.CrossEntropy; keras_hub: SparseCategoricalCrossentropy), "
         "dropout 0; tokens/s is batch tokens over the median step time, the "
         "first (tracing) step excluded.\n\n"
