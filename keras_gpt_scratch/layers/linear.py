@@ -88,7 +88,7 @@ class Linear(keras.layers.Dense):
     int8 kernel transposed, `(units, input_dim)`, and multiplies through
     `int8_matmul`: on this project's first (AMD) CPU that made batch-1
     decoding of GPT-2 124M with int8 weights over three times as fast as
-    with float32 weights, and 1.7 times on its later Intel CPU
+    with float32 weights, and 1.5 to 1.7 times on its later Intel CPU
     (BENCHMARKS.md), where Keras' own int8 `Dense` was barely faster than
     float32. The saved
     variables stay Keras' (`kernel`, `bias`, `kernel_scale`); the transposed
