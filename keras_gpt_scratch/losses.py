@@ -162,6 +162,7 @@ def head_cross_entropy(
     hits: bool = False,
     transposed_table: bool = False,
     chunk_logits: int = HEAD_CHUNK_LOGITS,
+    overlap_chunks: bool = True,
 ):
     """Weighted cross-entropy of `hidden_states @ table.T`, never all logits at once.
 
@@ -191,6 +192,10 @@ def head_cross_entropy(
             untied head's layout.
         chunk_logits: the most logits per chunk; the rows are split into
             the fewest equal chunks within it.
+        overlap_chunks: run the next chunk's logits product while the
+            current chunk's loss and gradients run (two chunks alive at once);
+            `False` runs them one after another, for callers that already
+            overlap two heads (`GPTCausalLM.interleaved_halves`).
 
     Returns:
         The float32 scalar `sum(weights * cross_entropy)`, differentiable in
@@ -263,7 +268,7 @@ def head_cross_entropy(
             # The next chunk's logits product overlaps this chunk's loss and
             # gradients: about 1.5% faster training for gpt_tiny at 0.4 GB
             # more peak RSS (still below keras_hub's).
-            parallel_iterations=2,
+            parallel_iterations=2 if overlap_chunks else 1,
         )
         if hits:
             outputs = loss_sum, tf.reshape(hit_rows.stack(), (-1,))[:rows]

@@ -162,6 +162,17 @@ def train(
     return history.history, lm.get_weights(), scores
 
 
+def count_head_calls(monkeypatch):
+    calls = []
+    original = gpt_causal_lm.head_cross_entropy
+    monkeypatch.setattr(
+        gpt_causal_lm,
+        "head_cross_entropy",
+        lambda *a, **k: calls.append(k["gradients"]) or original(*a, **k),
+    )
+    return calls
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -192,13 +203,7 @@ def train(
     ],
 )
 def test_fused_fit_matches_keras_train_step(options, monkeypatch):
-    calls = []
-    original = gpt_causal_lm.head_cross_entropy
-    monkeypatch.setattr(
-        gpt_causal_lm,
-        "head_cross_entropy",
-        lambda *a, **k: calls.append(k["gradients"]) or original(*a, **k),
-    )
+    calls = count_head_calls(monkeypatch)
     fused_history, fused_weights, fused_scores = train(True, **options)
     # Traced once or more each: fit's step (gradients) and evaluate's.
     assert set(calls) == {True, False}, "the fused steps did not both run"
@@ -287,3 +292,86 @@ def test_evaluate_before_fit_and_a_frozen_model():
     assert history.history["loss"][0] == pytest.approx(scores["loss"], rel=1e-5)
     for a, b in zip(before, lm.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# === Interleaved halves ===
+
+
+def fit_halves(
+    halves, rows, batch_size, change=None, jit_compile=False, static_batch=False
+):
+    keras.utils.set_random_seed(1)
+    lm = kgs.GPTCausalLM(small_backbone(), preprocessor=None)
+    lm.interleaved_halves = halves
+    if change:
+        change(lm)
+    lm.compile(
+        optimizer=keras.optimizers.SGD(0.5),
+        weighted_metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    initial = lm.get_weights()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, VOCAB, (rows, 13)).astype("int32")
+    mask = np.ones((rows, 12), bool)
+    mask[0, 7:] = False
+    mask[-1, 3:] = False
+    x = {"token_ids": ids[:, :-1], "padding_mask": mask}
+    if static_batch:  # batches whose size the step's graph knows
+        data = tf.data.Dataset.from_tensor_slices((x, ids[:, 1:], mask))
+        data = data.batch(batch_size, drop_remainder=True)
+        history = lm.fit(data, epochs=2, verbose=0)
+    else:  # Keras' arrays adapter: a batch size unknown to the graph
+        history = lm.fit(
+            x,
+            ids[:, 1:],
+            sample_weight=mask,
+            batch_size=batch_size,
+            epochs=2,
+            verbose=0,
+            shuffle=False,
+        )
+    return history.history, initial, lm.get_weights()
+
+
+@pytest.mark.parametrize(
+    "rows, batch_size",
+    [(8, 4), (6, 3), (7, 3)],
+    ids=["even", "odd-batches", "one-row-last-batch"],
+)
+def test_interleaved_halves_train_like_one_chain(rows, batch_size, monkeypatch):
+    calls = count_head_calls(monkeypatch)
+    halves_history, _, halves_weights = fit_halves(True, rows, batch_size)
+    split = calls.count(True)
+    calls.clear()
+    whole_history, initial, whole_weights = fit_halves(False, rows, batch_size)
+    # Each traced train step ran the head once per half.
+    assert split == 2 * calls.count(True) > 0
+    assert halves_history.keys() == whole_history.keys()
+    for name in whole_history:
+        np.testing.assert_allclose(halves_history[name], whole_history[name], rtol=1e-5)
+    assert max(whole_history["accuracy"]) > 0  # compared non-zero
+    # Trained at all (the key bias alone gets no gradient: softmax ignores it).
+    moved = [not np.allclose(a, b) for a, b in zip(initial, whole_weights, strict=True)]
+    assert sum(moved) == len(moved) - 1
+    for a, b in zip(halves_weights, whole_weights, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"change": lambda lm: regularize(lm.backbone.get_layer("transformer_layer_0"))},
+        {"jit_compile": True},
+        {"batch_size": 1, "static_batch": True},
+    ],
+    ids=["activity-regularizer", "xla", "one-row-batches"],
+)
+def test_interleaved_halves_are_skipped_where_they_would_differ(options, monkeypatch):
+    calls = count_head_calls(monkeypatch)
+    options = {"rows": 4, "batch_size": 2, **options}
+    fit_halves(True, **options)
+    on = calls.count(True)
+    calls.clear()
+    fit_halves(False, **options)
+    assert on == calls.count(True) > 0

@@ -22,7 +22,12 @@ def check_ids(ids, size, message):
             raise ValueError(message(int(tf.boolean_mask(ids, bad)[0])))
         return ids
     flat_bad = tf.reshape(bad, [-1])
-    first = tf.gather(tf.reshape(ids, [-1]), tf.argmax(tf.cast(flat_bad, "int32")))
+    # A sentinel at the end keeps the argmax defined for no ids at all (an
+    # empty half of a one-row batch, `GPTCausalLM.interleaved_halves`).
+    first = tf.gather(
+        tf.concat([tf.reshape(ids, [-1]), tf.zeros([1], ids.dtype)], 0),
+        tf.argmax(tf.cast(tf.concat([flat_bad, [True]], 0), "int32")),
+    )
     check = tf.debugging.Assert(
         tf.logical_not(tf.reduce_any(flat_bad)),
         [message(None), "The first bad id is", first],
