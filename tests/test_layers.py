@@ -334,6 +334,18 @@ def test_token_embedding_rejects_out_of_range_ids_in_graph():
         fn(tf.constant([[1, 13]]))
 
 
+def test_token_embedding_graph_check_names_the_first_bad_id_and_allows_none():
+    emb = kgs.TokenEmbedding(10, 4)
+    emb(np.array([[1]]))
+    fn = tf.function(lambda ids: emb(ids), reduce_retracing=True)
+    # No ids at all (an empty half of a one-row batch) pass the check.
+    assert fn(tf.zeros((0, 3), "int32")).shape == (0, 3, 4)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"\[The first bad id is\] \[13\]"
+    ):
+        fn(tf.constant([[1, 13, 11]]))
+
+
 def test_position_embedding_slices_from_start_index():
     pos = kgs.PositionEmbedding(sequence_length=8)
     x = np.zeros((2, 3, 4), "float32")
