@@ -5,9 +5,14 @@ Each dtype policy runs in its own fresh worker process, so that peak memory
 Every worker builds a `GPTCausalLM` with random weights (default: the
 gpt_tiny geometry: vocabulary 50257, 4 layers, 4 heads, 256 wide), compiles
 it with AdamW (wrapped in a `LossScaleOptimizer` for mixed_float16, by
-Keras' compile), runs `--warmup` fit steps (tracing), then times `--steps`
-more on a fixed batch of random token ids, and reports tokens/s, the
-seconds per step, peak RSS and whether the loss stayed finite and fell.
+Keras' compile) and its default loss ("auto": the fused head + loss where it
+applies), runs `--warmup` fit steps (tracing), then times `--steps` more on
+a fixed batch of random token ids, one by one, and reports tokens/s from the
+median step, the seconds per step, peak RSS and whether the loss stayed
+finite and fell. Steps are timed one by one because `fit()` can take seconds
+to return after its last step (tf.data's autotuning thread), which is not
+training: whole `fit` calls once timed three different policies at the same
+3.41 s per step.
 
     python tools/mixed_precision_bench.py
     python tools/mixed_precision_bench.py --policies float32 mixed_bfloat16 \
@@ -50,7 +55,7 @@ def worker(args) -> dict:
     lm = kgs.GPTCausalLM(backbone, preprocessor=None)
     lm.compile(
         optimizer=keras.optimizers.AdamW(1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss="auto",
         weighted_metrics=[],
     )
     ids = np.random.default_rng(0).integers(
@@ -59,15 +64,26 @@ def worker(args) -> dict:
     ids = ids.astype("int32")
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones_like(ids[:, :-1])}
     ds = tf.data.Dataset.from_tensors((x, ids[:, 1:])).repeat().prefetch(2)
+    times: list[float] = []
+
+    class StepTimes(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
     warm = lm.fit(ds, steps_per_epoch=args.warmup, epochs=1, verbose=0)
-    start = time.perf_counter()
-    timed = lm.fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0)
-    wall = time.perf_counter() - start
+    timed = lm.fit(
+        ds, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[StepTimes()]
+    )
+    step = statistics.median(times)
     first, last = warm.history["loss"][0], timed.history["loss"][-1]
     return {
         "policy": args.policy,
-        "tokens_per_s": args.steps * args.batch_size * args.context / wall,
-        "seconds_per_step": wall / args.steps,
+        "tokens_per_s": args.batch_size * args.context / step,
+        "seconds_per_step": step,
+        "step_seconds": times,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "loss_first": float(first),
         "loss_last": float(last),
@@ -132,10 +148,11 @@ def main(argv=None) -> int:
     )
     for policy, runs in results.items():
         tps = statistics.median(r["tokens_per_s"] for r in runs)
+        step = statistics.median(r["seconds_per_step"] for r in runs)
         rss = max(r["peak_rss_mb"] for r in runs)
         loss = f"{runs[-1]['loss_first']:.2f}->{runs[-1]['loss_last']:.2f}"
         print(
-            f"{policy:16} {tps:9.0f} {runs[-1]['seconds_per_step']:7.2f} "
+            f"{policy:16} {tps:9.0f} {step:7.2f} "
             f"{tps / base:11.2f}x {rss:12.0f} {loss:>18}"
         )
     if args.json:
