@@ -121,6 +121,29 @@ def worker_limits(quick: bool) -> dict:
     }
 
 
+def fit_step_times(lm, ds, steps: int):
+    """`lm.fit` for `steps` steps of `ds`: each step's seconds, and the history.
+
+    Steps are timed one by one: fit() itself can take seconds to return
+    after its last step (seen with both models), which is not training.
+    """
+    import keras
+
+    times: list[float] = []
+
+    class StepTimes(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    history = lm.fit(
+        ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[StepTimes()]
+    )
+    return times, history
+
+
 def _keras_train(contender: str, g: dict, batch: int, context: int, steps: int):
     import keras
     import numpy as np
@@ -161,17 +184,7 @@ def _keras_train(contender: str, g: dict, batch: int, context: int, steps: int):
     ds = tf.data.Dataset.from_tensor_slices((x, ids[:, 1:]))
     ds = ds.batch(batch, drop_remainder=True).repeat().prefetch(2)
 
-    class StepTimes(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
-    # Steps are timed one by one: fit() itself can take seconds to return
-    # after its last step (seen with both models), which is not training.
-    times: list[float] = []
-    lm.fit(ds, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[StepTimes()])
+    times, _ = fit_step_times(lm, ds, steps + 1)
     return batch * context / statistics.median(times[1:])  # step 1 traces
 
 

@@ -26,7 +26,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 RESULT_TAG = "MP_RESULT "
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -39,6 +38,7 @@ def worker(args) -> dict:
     import numpy as np
 
     import keras_gpt_scratch as kgs  # selects the TF backend and oneDNN
+    from bench import fit_step_times  # tools/ is this worker script's path[0]
     import keras
     import tensorflow as tf
 
@@ -64,19 +64,8 @@ def worker(args) -> dict:
     ids = ids.astype("int32")
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones_like(ids[:, :-1])}
     ds = tf.data.Dataset.from_tensors((x, ids[:, 1:])).repeat().prefetch(2)
-    times: list[float] = []
-
-    class StepTimes(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
     warm = lm.fit(ds, steps_per_epoch=args.warmup, epochs=1, verbose=0)
-    timed = lm.fit(
-        ds, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[StepTimes()]
-    )
+    times, timed = fit_step_times(lm, ds, args.steps)
     step = statistics.median(times)
     first, last = warm.history["loss"][0], timed.history["loss"][-1]
     return {
