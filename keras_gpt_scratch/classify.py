@@ -36,6 +36,7 @@ from keras_gpt_scratch.models.gpt_classifier_preprocessor import (
 )
 from keras_gpt_scratch.optimizers import TorchAdamW
 from keras_gpt_scratch.tokenizers.gpt_tokenizer import GPTTokenizer
+from keras_gpt_scratch.training import dtype_policy_scope
 
 DEFAULT_LEARNING_RATE = 5e-5  # the book's fine-tuning rate (section 6.7)
 
@@ -66,6 +67,8 @@ class ClassifyConfig:
         seed: seeds the split, the shuffling, the head and the adapters.
         output_dir: where the model, log and summary go.
         overwrite: write into an output directory that is not empty.
+        dtype_policy: Keras' global dtype policy while the classifier is
+            built and trained, as in `TrainConfig`; `None` keeps the current.
     """
 
     csv: str
@@ -88,6 +91,7 @@ class ClassifyConfig:
     overwrite: bool = False
     jit_compile: bool | str = "auto"
     verbose: int | str = "auto"
+    dtype_policy: str | None = None
 
 
 @dataclasses.dataclass
@@ -265,8 +269,14 @@ def train_classifier(config: ClassifyConfig, print_fn=print) -> ClassifyResult:
 
     Bad settings (a CSV without the named columns, labels outside
     `[0, num_classes)`, LoRA together with `train_last_block_only`, a
-    non-empty output directory without `overwrite`) fail before training.
+    non-empty output directory without `overwrite`, an unknown dtype policy)
+    fail before training.
     """
+    with dtype_policy_scope(config.dtype_policy):
+        return _train_classifier(config, print_fn)
+
+
+def _train_classifier(config: ClassifyConfig, print_fn) -> ClassifyResult:
     for name in ("batch_size", "epochs"):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}.")
@@ -399,4 +409,5 @@ def config_from_args(args, model_config: dict[str, Any] | None) -> ClassifyConfi
         output_dir=args.output_dir or ClassifyConfig.output_dir,
         overwrite=args.overwrite,
         jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile],
+        dtype_policy=args.dtype_policy,
     )

@@ -87,6 +87,36 @@ def test_restoring_an_epoch_restores_weights_optimizer_and_epoch(tmp_path):
     assert epochs == [2]
 
 
+def test_restore_under_mixed_float16_brings_back_the_scaled_optimizer(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x, y = data()
+        lm = micro_lm(0)
+        assert isinstance(lm.optimizer, keras.optimizers.LossScaleOptimizer)
+        keep = RunBackup(tmp_path / "b", delete_on_success=False)
+        lm.fit(x, y, batch_size=4, epochs=1, callbacks=[keep], verbose=0)
+        resumed = micro_lm(1)
+        restored = []
+
+        class Check(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                # The loss scale, its step counter and Adam's moments.
+                want = lm.optimizer.variables
+                got = resumed.optimizer.variables
+                assert len(got) == len(want) > 3
+                for a, b in zip(got, want, strict=True):
+                    np.testing.assert_array_equal(a.numpy(), b.numpy())
+                restored.append(True)
+
+        restore = RunBackup(tmp_path / "b", restore_epoch=1)
+        resumed.fit(
+            x, y, batch_size=4, epochs=2, callbacks=[restore, Check()], verbose=0
+        )
+        assert restored == [True]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_half_written_generations_are_ignored(tmp_path):
     (tmp_path / "epoch-1").mkdir()
     (tmp_path / "epoch-1" / WEIGHTS_FILE).write_bytes(b"x")

@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import dataclasses
 import itertools
 import json
 
@@ -285,3 +286,32 @@ def test_cli_classify_end_to_end_with_lora(data_dir, tmp_path, capsys):
     assert "no column 'text' or 'label'" in capsys.readouterr().err
     assert cli_main(["train", "--task", "classify"]) == 2
     assert "needs --csv" in capsys.readouterr().err
+
+
+def test_classify_recipe_under_mixed_bfloat16(data_dir, tmp_path):
+    texts, labels = sentiment_data()
+    path = write_csv(
+        tmp_path / "data.csv",
+        [(t, str(label)) for t, label in zip(texts[:64], labels[:64], strict=True)],
+    )
+    config = classify.ClassifyConfig(
+        csv=str(path),
+        model_config=TINY,
+        epochs=1,
+        batch_size=16,
+        output_dir=str(tmp_path / "run"),
+        dtype_policy="mixed_bfloat16",
+        verbose=0,
+    )
+    result = classify.train_classifier(config, print_fn=lambda *_: None)
+    assert keras.config.dtype_policy().name == "float32"  # put back
+    assert result.model.backbone.compute_dtype == "bfloat16"
+    assert {w.dtype for w in result.model.weights} == {"float32"}
+    assert np.isfinite(result.train_loss) and result.val_loss is not None
+    loaded = kgs.GPTClassifier.from_preset(str(tmp_path / "run/classifier"))
+    assert loaded.backbone.compute_dtype == "float32"
+    assert loaded.predict(["a lovely day"], verbose=0).dtype == np.float32
+    with pytest.raises(ValueError, match="Known policies"):
+        classify.train_classifier(
+            dataclasses.replace(config, dtype_policy="float16"), print_fn=print
+        )

@@ -103,3 +103,21 @@ def test_classifier_logits_are_float32(policy):
     logits = classifier(x)
     assert logits.dtype == "float32" and logits.shape == (2, 3)
     assert {w.dtype for w in classifier.weights} == {"float32"}
+
+
+def test_preset_saved_under_a_mixed_policy_loads(policy, tmp_path):
+    # keras_hub's task loader fails on a saved mixed_* policy ("Invalid
+    # dtype"); ours loads it in the current global policy, or in `dtype`.
+    keras.utils.set_random_seed(0)
+    lm = kgs.GPTCausalLM(
+        kgs.GPTBackbone(**TINY),
+        kgs.GPTCausalLMPreprocessor(kgs.GPTTokenizer(), sequence_length=16),
+    )
+    lm.save_to_preset(tmp_path / "preset")
+    keras.mixed_precision.set_global_policy("float32")
+    loaded = kgs.GPTCausalLM.from_preset(str(tmp_path / "preset"))
+    assert loaded.backbone.compute_dtype == "float32"
+    for got, want in zip(loaded.weights, lm.weights, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    again = kgs.GPTCausalLM.from_preset(str(tmp_path / "preset"), dtype=policy)
+    assert again.backbone.compute_dtype == COMPUTE[policy]

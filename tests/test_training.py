@@ -184,6 +184,7 @@ def test_evaluate_cli_prints_json(data_dir, tmp_path, capsys):
         ({"batch_size": 500}, "larger than the 144 training windows"),
         ({"context_length": 65}, "longer than the model's context length"),
         ({"batch_size": 0}, "batch_size must be positive"),
+        ({"dtype_policy": "bfloat16"}, "Known policies: float32, mixed_bfloat16"),
     ],
 )
 def test_bad_settings_fail_before_training(data_dir, tmp_path, overrides, message):
@@ -201,6 +202,57 @@ def test_output_dir_with_another_run_is_refused(data_dir, tmp_path):
     training.train(micro_config(tmp_path, learning_rate=5e-3, overwrite=True))
     run = json.loads((tmp_path / "run/run.json").read_text())
     assert run["learning_rate"] == 5e-3
+
+
+def test_run_recorded_before_a_setting_existed_still_resumes(data_dir, tmp_path):
+    cfg = micro_config(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    # An older version's run.json: no dtype_policy, which it ran without.
+    old = {k: v for k, v in cfg.identity().items() if k != "dtype_policy"}
+    (out / "run.json").write_text(json.dumps(old))
+    assert training.check_output_dir(cfg, out) is True
+    # Unset means the global policy: float32 here, as if given.
+    explicit = micro_config(tmp_path, dtype_policy="float32")
+    assert training.check_output_dir(explicit, out) is True
+    with pytest.raises(FileExistsError, match="settings differ: dtype_policy"):
+        training.check_output_dir(
+            micro_config(tmp_path, dtype_policy="mixed_bfloat16"), out
+        )
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_run_trains_and_saves_float32_weights(
+    data_dir, tmp_path, policy
+):
+    assert keras.config.dtype_policy().name == "float32"
+    result = training.train(micro_config(tmp_path, dtype_policy=policy, steps=4))
+    # The global policy is put back; the trained model keeps its own.
+    assert keras.config.dtype_policy().name == "float32"
+    lm = result.model
+    compute = policy.removeprefix("mixed_")
+    assert lm.backbone.transformer_layers[0].compute_dtype == compute
+    assert {w.dtype for w in lm.weights} == {"float32"}
+    # float16 trains through Keras' step with loss scaling (compile adds it).
+    scaled = isinstance(lm.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (policy == "mixed_float16")
+    assert math.isfinite(result.train_loss) and math.isfinite(result.val_loss)
+    assert result.val_loss < 10.8  # below the uniform ln(50257) after 4 steps
+    # Presets hold no policy: they load in float32 with the trained weights.
+    loaded = kgs.GPTCausalLM.from_preset(str(tmp_path / "run/last"))
+    assert loaded.backbone.transformer_layers[0].compute_dtype == "float32"
+    for got, want in zip(loaded.weights, lm.weights, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    run = json.loads((tmp_path / "run/run.json").read_text())
+    assert run["dtype_policy"] == policy
+
+
+def test_cli_dtype_policy_flag_reaches_the_run(data_dir, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(training, "train", seen.append)
+    assert cli_main(["train", "--dtype-policy", "mixed_bfloat16"]) == 0
+    assert cli_main(["train"]) == 0
+    assert [c.dtype_policy for c in seen] == ["mixed_bfloat16", None]
 
 
 def test_cli_reports_bad_input_without_traceback(data_dir, tmp_path, capsys):
