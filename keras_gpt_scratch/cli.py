@@ -120,7 +120,8 @@ def _train_parser(sub) -> None:
         "--dtype-policy",
         choices=("float32", "mixed_bfloat16", "mixed_float16"),
         help="Keras mixed precision (weights stay float32); mixed_bfloat16 is "
-        "fastest on GPUs and CPUs with AVX512-BF16/AMX (default: float32)",
+        "fastest on GPUs and CPUs with AVX512-BF16/AMX (default: Keras' global "
+        "policy, float32)",
     )
     # === Fine-tuning: LoRA and classification ===
     p.add_argument(

@@ -18,6 +18,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ from keras_gpt_scratch.optimizers import TorchAdamW
 from keras_gpt_scratch.tokenizers.gpt_tokenizer import GPTTokenizer
 
 CORPORA = ("tinyshakespeare", "verdict")
+# Settings added after runs were first recorded, with the value those runs
+# had, so that such a run still resumes (and only under that value).
+ADDED_SETTINGS = {"dtype_policy": "float32"}
 # Mixed policies keep the variables in float32, so checkpoints and presets
 # are the same either way; pure bfloat16/float16 variables would not be.
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -102,8 +106,9 @@ class TrainConfig:
         dtype_policy: `"float32"`, `"mixed_bfloat16"` or `"mixed_float16"`
             (with loss scaling), set as Keras' global policy while the run
             builds and trains the model; `None` keeps the current global
-            policy. Weights stay float32, and saved presets load under the
-            loader's policy (float32 by default).
+            policy. Weights stay float32, and the saved presets load in the
+            loading process's policy (float32 by default); a run resumes
+            only under the policy it started with.
     """
 
     preset: str = "gpt_tiny"
@@ -453,10 +458,7 @@ def check_output_dir(config: TrainConfig, out: Path) -> bool:
     if config.overwrite:
         shutil.rmtree(out)
         return False
-    previous = json.loads(run_file.read_text())
-    # A run recorded before a setting existed ran with its default.
-    defaults = TrainConfig().identity()
-    previous = {**{k: defaults[k] for k in set(defaults) - set(previous)}, **previous}
+    previous = {**ADDED_SETTINGS, **json.loads(run_file.read_text())}
     if previous != json.loads(json.dumps(config.identity())):
         diff = sorted(
             k
@@ -477,7 +479,7 @@ def check_output_dir(config: TrainConfig, out: Path) -> bool:
 
 
 @contextlib.contextmanager
-def dtype_policy_scope(name: str | None):
+def dtype_policy_scope(name: str | None) -> Iterator[None]:
     """Make `name` Keras' global dtype policy inside the block, then restore it.
 
     Everything built inside (the model, LoRA adapters, `compile`'s loss

@@ -289,6 +289,13 @@ def test_cli_classify_end_to_end_with_lora(data_dir, tmp_path, capsys):
 
 
 def test_classify_recipe_under_mixed_bfloat16(data_dir, tmp_path):
+    # Fine-tuned from a language model's preset saved in float32: the run's
+    # policy wins over the saved one.
+    keras.utils.set_random_seed(0)
+    kgs.GPTCausalLM(
+        kgs.GPTBackbone(**TINY),
+        kgs.GPTCausalLMPreprocessor(kgs.GPTTokenizer(), sequence_length=16),
+    ).save_to_preset(tmp_path / "lm")
     texts, labels = sentiment_data()
     path = write_csv(
         tmp_path / "data.csv",
@@ -296,7 +303,7 @@ def test_classify_recipe_under_mixed_bfloat16(data_dir, tmp_path):
     )
     config = classify.ClassifyConfig(
         csv=str(path),
-        model_config=TINY,
+        init_from=str(tmp_path / "lm"),
         epochs=1,
         batch_size=16,
         output_dir=str(tmp_path / "run"),
@@ -306,6 +313,7 @@ def test_classify_recipe_under_mixed_bfloat16(data_dir, tmp_path):
     result = classify.train_classifier(config, print_fn=lambda *_: None)
     assert keras.config.dtype_policy().name == "float32"  # put back
     assert result.model.backbone.compute_dtype == "bfloat16"
+    assert result.model.compute_dtype == "bfloat16"
     assert {w.dtype for w in result.model.weights} == {"float32"}
     assert np.isfinite(result.train_loss) and result.val_loss is not None
     loaded = kgs.GPTClassifier.from_preset(str(tmp_path / "run/classifier"))
@@ -315,3 +323,12 @@ def test_classify_recipe_under_mixed_bfloat16(data_dir, tmp_path):
         classify.train_classifier(
             dataclasses.replace(config, dtype_policy="float16"), print_fn=print
         )
+
+
+def test_cli_classify_dtype_policy_flag_reaches_the_run(monkeypatch):
+    seen = []
+    monkeypatch.setattr(classify, "train_classifier", seen.append)
+    args = ["train", "--task", "classify", "--csv", "reviews.csv"]
+    assert cli_main([*args, "--dtype-policy", "mixed_float16"]) == 0
+    assert cli_main(args) == 0
+    assert [c.dtype_policy for c in seen] == ["mixed_float16", None]

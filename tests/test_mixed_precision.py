@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import keras_gpt_scratch as kgs
+from keras_gpt_scratch.models import gpt_presets
 
 TINY = {
     "vocabulary_size": 50257,
@@ -114,6 +115,8 @@ def test_preset_saved_under_a_mixed_policy_loads(policy, tmp_path):
         kgs.GPTCausalLMPreprocessor(kgs.GPTTokenizer(), sequence_length=16),
     )
     lm.save_to_preset(tmp_path / "preset")
+    # The saved config does name the policy.
+    assert gpt_presets._saved_policy(str(tmp_path / "preset")) == policy
     keras.mixed_precision.set_global_policy("float32")
     loaded = kgs.GPTCausalLM.from_preset(str(tmp_path / "preset"))
     assert loaded.backbone.compute_dtype == "float32"
@@ -121,3 +124,6 @@ def test_preset_saved_under_a_mixed_policy_loads(policy, tmp_path):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
     again = kgs.GPTCausalLM.from_preset(str(tmp_path / "preset"), dtype=policy)
     assert again.backbone.compute_dtype == COMPUTE[policy]
+    # The backbone alone too (keras_hub would keep the saved policy).
+    backbone = kgs.GPTBackbone.from_preset(str(tmp_path / "preset"))
+    assert backbone.compute_dtype == "float32"

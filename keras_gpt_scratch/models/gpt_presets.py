@@ -12,6 +12,13 @@ import json
 import os
 import warnings
 
+import keras
+import keras_hub
+from keras_hub.src.utils.preset_utils import (
+    CONFIG_FILE,
+    check_file_exists,
+    load_json,
+)
 from keras_hub.src.utils.python_utils import classproperty
 
 from keras_gpt_scratch.io_utils import atomic_directory
@@ -178,19 +185,15 @@ class PresetMixin:
 
     @classmethod
     def _keras_hub_from_preset(cls, preset, **kwargs):
-        import keras
-        import keras_hub
-        from keras_hub.src.utils.preset_utils import load_json
-
-        if (
-            kwargs.get("dtype") is None
-            and issubclass(cls, keras_hub.models.Task)
-            and _saved_policy(load_json(preset)).startswith("mixed_")
+        if kwargs.get("dtype") is None and issubclass(
+            cls, (keras_hub.models.Backbone, keras_hub.models.Task)
         ):
-            # keras_hub loads a task saved under a float policy in the current
-            # global policy, but its float check fails on mixed_* names
-            # ("Invalid dtype: mixed_bfloat16"); do what it means.
-            kwargs["dtype"] = keras.config.dtype_policy().name
+            if _saved_policy(preset) is not None:
+                # Float and mixed policies are how a model computes, not what
+                # it is: load in the current policy. keras_hub does so only
+                # for a task with its own task.json, and there fails on
+                # mixed_* names ("Invalid dtype: mixed_bfloat16").
+                kwargs["dtype"] = keras.config.dtype_policy()
         return super().from_preset(preset, **kwargs)
 
     def save_to_preset(self, preset_dir, *args, **kwargs):
@@ -204,9 +207,15 @@ class PresetMixin:
             hub.stamp_preset_metadata(tmp)
 
 
-def _saved_policy(config: dict) -> str:
-    """The dtype policy name a saved backbone config holds ("" if none)."""
-    dtype = config.get("config", {}).get("dtype")
-    if isinstance(dtype, dict):
+def _saved_policy(preset: str) -> str | None:
+    """The plain dtype policy a preset's config.json names, if it names one.
+
+    None when there is none, or when it is a quantized policy (a
+    `DTypePolicyMap`), which must load as saved.
+    """
+    if not check_file_exists(preset, CONFIG_FILE):
+        return None  # keras_hub's loader names the missing file
+    dtype = load_json(preset, CONFIG_FILE).get("config", {}).get("dtype")
+    if isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicy":
         dtype = dtype.get("config", {}).get("name")
-    return dtype if isinstance(dtype, str) else ""
+    return dtype if isinstance(dtype, str) else None
