@@ -14,11 +14,7 @@ import warnings
 
 import keras
 import keras_hub
-from keras_hub.src.utils.preset_utils import (
-    CONFIG_FILE,
-    check_file_exists,
-    load_json,
-)
+from keras_hub.src.utils.preset_utils import CONFIG_FILE, load_json
 from keras_hub.src.utils.python_utils import classproperty
 
 from keras_gpt_scratch.io_utils import atomic_directory
@@ -213,9 +209,11 @@ def _saved_policy(preset: str) -> str | None:
     None when there is none, or when it is a quantized policy (a
     `DTypePolicyMap`), which must load as saved.
     """
-    if not check_file_exists(preset, CONFIG_FILE):
+    try:
+        config = load_json(preset, CONFIG_FILE)
+    except FileNotFoundError:
         return None  # keras_hub's loader names the missing file
-    dtype = load_json(preset, CONFIG_FILE).get("config", {}).get("dtype")
+    dtype = config.get("config", {}).get("dtype")
     if isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicy":
         dtype = dtype.get("config", {}).get("name")
     return dtype if isinstance(dtype, str) else None
