@@ -148,3 +148,89 @@ def test_plan_measures_the_limits_at_both_ends():
     jobs = bench.plan(["limits", "train_tiny"], torch_ok=False)
     assert [case for case, _ in jobs] == ["limits", "train_tiny", "limits"]
     assert bench.plan(["limits"], torch_ok=False) == [("limits", ["limits"])]
+
+
+@pytest.mark.parametrize("which", sorted(bench.TRAIN_SETUPS))
+def test_step_products_add_up_to_the_mfu_numerator(which):
+    g, batch = bench.TRAIN_SETUPS[which]
+    products = bench.step_products(g, batch, bench.TRAIN_CONTEXT)
+    flops = sum(count * bench.product_flops(*p) for _, count, *p in products)
+    tokens = batch * bench.TRAIN_CONTEXT
+    assert flops == bench._train_flops_per_token(g, bench.TRAIN_CONTEXT) * tokens
+    head = {name: count for name, count, *_ in products if name.startswith("head")}
+    # Two halves; gpt_tiny's 2,048-row halves need two chunks of 2**26 logits.
+    assert set(head.values()) == {2 if which == "train_124m" else 4}
+
+
+def test_product_flops_follow_the_transposes():
+    assert bench.product_flops((5, 3), (3, 7), False, False) == 2 * 5 * 3 * 7
+    assert bench.product_flops((5, 7), (3, 7), False, True) == 2 * 5 * 7 * 3
+    assert bench.product_flops((5, 3), (5, 7), True, False) == 2 * 3 * 5 * 7
+    assert bench.product_flops((2, 4, 6, 8), (2, 4, 6, 8), False, True) == (
+        2 * 2 * 4 * 6 * 8 * 6
+    )
+
+
+def test_product_ceiling_times_every_product_of_a_micro_step():
+    g = dict(vocab=97, layers=1, heads=2, hidden=16, context=8)
+    # 16 rows a half, at most 6 a chunk: 3 chunks of 6 rows, 2 of them padding.
+    products = bench.step_products(g, 4, 8, chunk_logits=97 * 6 + 5)
+    ceiling = bench.product_ceiling(products, peak_size=128, pairs=1)
+    assert [r["name"] for r in ceiling["products"]] == [p[0] for p in products]
+    assert all(r["fraction_of_peak"] > 0 for r in ceiling["products"])
+    assert ceiling["seconds"] > 0
+    head = [p for p in products if p[0].startswith("head")]
+    assert {(count, p[0][0]) for _, count, *p in head} == {(6, 6)}
+    padding = 3 * 2 * bench.product_flops((2, 97), (97, 16), False, False)
+    assert ceiling["flops"] == bench._train_flops_per_token(g, 8) * 32 + padding
+    fractions = [r["fraction_of_peak"] for r in ceiling["products"]]
+    assert min(fractions) <= ceiling["fraction_of_peak"] <= max(fractions)
+
+
+def test_products_summary_compares_ours_with_its_products_alone():
+    def products_round(fraction, tps):
+        return {
+            "train_124m_fraction_of_peak": fraction,
+            "train_124m_tokens_per_s": tps,
+            "train_124m_train_flops_per_token": 7e8,
+            "train_124m_products": [
+                {"name": "fc fwd", "count": 24, "fraction_of_peak": fraction},
+                {"name": "head logits", "count": 2, "fraction_of_peak": 0.5},
+            ],
+            "peak_rss_mb": 1.0,
+        }
+
+    results = {
+        "limits": {
+            "limits": [
+                {
+                    "tf_matmul_gflops": 100.0,
+                    "numpy_matmul_gflops": 80.0,
+                    "read_bandwidth_gbs": 10.0,
+                }
+            ]
+        },
+        "products": {
+            "products": [
+                products_round(0.8, 120.0),
+                products_round(0.9, 140.0),
+                products_round(0.7, 100.0),
+            ]
+        },
+        "train_124m": {
+            "ours": [{"tokens_per_s": 90.0, "train_flops_per_token": 7e8}],
+            "keras_hub": [{"tokens_per_s": 60.0, "train_flops_per_token": 7e8}],
+        },
+    }
+    s = bench.summarise(results)
+    row = s["products"]["train_124m"]
+    assert row["fraction_of_peak"] == pytest.approx(0.8)
+    assert row["mfu"] == pytest.approx(120 * 7e8 / 100e9)
+    assert row["products"] == {"fc fwd": 0.8, "head logits": 0.5}
+    assert s["train_124m"]["ours"]["of_products_alone"] == pytest.approx(0.75)
+    assert "of_products_alone" not in s["train_124m"]["keras_hub"]
+    table = bench.render(s)
+    assert "| products |" not in table
+    assert "train_124m 80% of the peak product beside them" in table
+    assert "84% MFU; ours trains at 75% of that (slowest: head logits, 50%)" in table
+    assert ("products", ["products"]) in bench.plan(["products"], torch_ok=True)

@@ -17,6 +17,10 @@ faster) and memory-read bandwidth.
 
 Cases:
     limits      matmul GFLOP/s (TF + oneDNN, NumPy) and memory bandwidth
+    products    the training cases' own matrix products (ours: forward and
+                backward, two halves, the head's chunks), each timed alone
+                between peak products: the MFU a step made of nothing else
+                could reach
     train_124m  fit() tokens/s, GPT-2 124M geometry, batch 8, context 256
     train_tiny  fit() tokens/s, gpt_tiny geometry, batch 16, context 256
     generate    new tokens/s at batch 1 and 8 (124M, float32, 32-token
@@ -47,7 +51,18 @@ import time
 RESULT_TAG = "BENCH_RESULT "
 GPT2_124M = dict(vocab=50257, layers=12, heads=12, hidden=768, context=1024)
 GPT_TINY = dict(vocab=50257, layers=4, heads=4, hidden=256, context=256)
-CASES = ("limits", "train_124m", "train_tiny", "generate", "pipeline", "loss")
+# The training cases: geometry and batch; the context is TRAIN_CONTEXT.
+TRAIN_SETUPS = {"train_124m": (GPT2_124M, 8), "train_tiny": (GPT_TINY, 16)}
+TRAIN_CONTEXT = 256
+CASES = (
+    "limits",
+    "products",
+    "train_124m",
+    "train_tiny",
+    "generate",
+    "pipeline",
+    "loss",
+)
 
 
 # === Workers (each runs in its own process) ===
@@ -119,6 +134,135 @@ def worker_limits(quick: bool) -> dict:
         "read_bandwidth_gbs": max(np_bandwidth, tf_bandwidth),
         "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def step_products(
+    g: dict, batch: int, context: int, chains: int = 2, chunk_logits: int = 2**26
+) -> list[tuple]:
+    """The matrix products of one of our training steps, as
+    `(name, count, lhs_shape, rhs_shape, transpose_a, transpose_b)`.
+
+    Our step runs the batch as `chains` independent halves
+    (`GPTCausalLM.interleaved_halves`) and the tied head in chunks of at most
+    `chunk_logits` logits (`losses.HEAD_CHUNK_LOGITS`). Each `Linear` has a
+    forward product, `dX = dY @ W.T` and `dW = X.T @ dY`; attention has two
+    batched products forward and four backward (TF's gradients of
+    `S = Q @ K.T` and `O = A @ V`); the head has the logits,
+    `d_hidden = G @ table` and `d_table = G.T @ h`. Their FLOPs add up to
+    `_train_flops_per_token` x tokens (when the head's chunks divide evenly).
+    """
+    c, layers, heads, vocab = g["hidden"], g["layers"], g["heads"], g["vocab"]
+    rows = batch * context // chains
+    n = layers * chains
+    out = []
+    for name, d_in, d_out, per_block in (
+        ("qkv+out", c, c, 4),
+        ("fc", c, 4 * c, 1),
+        ("proj", 4 * c, c, 1),
+    ):
+        k = n * per_block
+        out += [
+            (f"{name} fwd", k, (rows, d_in), (d_in, d_out), False, False),
+            (f"{name} dX", k, (rows, d_out), (d_in, d_out), False, True),
+            (f"{name} dW", k, (rows, d_in), (rows, d_out), True, False),
+        ]
+    b, d = batch // chains, c // heads
+    qk, tt = (b, heads, context, d), (b, heads, context, context)
+    out += [
+        ("attention Q K.T, dO V.T", 2 * n, qk, qk, False, True),
+        ("attention A V, dS K", 2 * n, tt, qk, False, False),
+        ("attention A.T dO, dS.T Q", 2 * n, tt, qk, True, False),
+    ]
+    chunks = -(-rows // max(chunk_logits // vocab, 1))  # as head_cross_entropy
+    chunk = -(-rows // chunks)
+    k = chains * chunks
+    out += [
+        ("head logits", k, (chunk, c), (vocab, c), False, True),
+        ("head d_hidden", k, (chunk, vocab), (vocab, c), False, False),
+        ("head d_table", k, (chunk, vocab), (chunk, c), True, False),
+    ]
+    return out
+
+
+def product_flops(lhs, rhs, transpose_a: bool, transpose_b: bool) -> int:
+    """2 x m x k x n, times the batch dimensions of a batched product."""
+    m, k = (lhs[-1], lhs[-2]) if transpose_a else (lhs[-2], lhs[-1])
+    n = rhs[-2] if transpose_b else rhs[-1]
+    batch = 1
+    for dim in lhs[:-2]:
+        batch *= dim
+    return 2 * batch * m * k * n
+
+
+def product_ceiling(products: list[tuple], peak_size: int, pairs: int) -> dict:
+    """Time each product alone, each time right after a `peak_size`-square
+    product, and weigh them by FLOPs.
+
+    The machine's speed drifts, so each product is compared with the peak
+    product timed beside it: `fraction_of_peak` is the step's FLOPs over the
+    time its products would take one after another, each at its median
+    fraction of the peak beside it; a step of nothing but these products
+    could reach that MFU (against that peak). `seconds` sums the products'
+    median times, for comparison with a measured step.
+    """
+    import tensorflow as tf
+
+    a = tf.random.normal((peak_size, peak_size))
+    b = tf.random.normal((peak_size, peak_size))
+    peak = tf.function(tf.matmul)  # one graph call: no eager dispatch
+    peak(a, b).numpy()
+    peak_flops = 2 * peak_size**3
+    total = sum(p[1] * product_flops(*p[2:]) for p in products)
+    rows, weighted, seconds = [], 0.0, 0.0
+    for name, count, lhs, rhs, ta, tb in products:
+        x, y = tf.random.normal(lhs), tf.random.normal(rhs)
+        run = tf.function(
+            lambda x, y, ta=ta, tb=tb: tf.matmul(x, y, transpose_a=ta, transpose_b=tb),
+            autograph=False,
+        )
+        run(x, y).numpy()
+        flops = product_flops(lhs, rhs, ta, tb)
+        reps = max(2, int(peak_flops / 8 / flops))  # about 1/8 of a peak product
+        fractions, times = [], []
+        for _ in range(pairs):
+            t = time.perf_counter()
+            peak(a, b).numpy()
+            t_peak = time.perf_counter() - t
+            t = time.perf_counter()
+            for _ in range(reps):
+                z = run(x, y)
+            z.numpy()
+            t_one = (time.perf_counter() - t) / reps
+            times.append(t_one)
+            fractions.append((flops / t_one) / (peak_flops / t_peak))
+        fraction = statistics.median(fractions)
+        weighted += count * flops / total / fraction
+        seconds += count * statistics.median(times)
+        rows.append({"name": name, "count": count, "fraction_of_peak": fraction})
+    return {
+        "fraction_of_peak": 1 / weighted,
+        "seconds": seconds,
+        "flops": total,
+        "products": rows,
+    }
+
+
+def worker_products(quick: bool) -> dict:
+    from keras_gpt_scratch.losses import HEAD_CHUNK_LOGITS  # oneDNN on, TF
+
+    out = {}
+    for which, (g, batch) in TRAIN_SETUPS.items():
+        products = step_products(
+            g, batch, TRAIN_CONTEXT, chunk_logits=HEAD_CHUNK_LOGITS
+        )
+        ceiling = product_ceiling(products, 2048 if quick else 4096, 2 if quick else 5)
+        tokens = batch * TRAIN_CONTEXT
+        out[f"{which}_fraction_of_peak"] = ceiling["fraction_of_peak"]
+        out[f"{which}_tokens_per_s"] = tokens / ceiling["seconds"]
+        out[f"{which}_train_flops_per_token"] = ceiling["flops"] / tokens
+        out[f"{which}_products"] = ceiling["products"]
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
 
 
 def fit_step_times(lm, ds, steps: int):
@@ -222,8 +366,8 @@ def _torch_train(g: dict, batch: int, context: int, steps: int):
 
 
 def worker_train(contender: str, which: str, quick: bool) -> dict:
-    g, batch = (GPT2_124M, 8) if which == "train_124m" else (GPT_TINY, 16)
-    context = 256
+    g, batch = TRAIN_SETUPS[which]
+    context = TRAIN_CONTEXT
     steps = (2 if quick else 5) if which == "train_124m" else (3 if quick else 12)
     if contender == "transformers":
         tps = _torch_train(g, batch, context, steps)
@@ -389,6 +533,8 @@ def worker_pipeline(quick: bool) -> dict:
 def run_worker(args) -> None:
     if args.worker == "limits":
         out = worker_limits(args.quick)
+    elif args.worker == "products":
+        out = worker_products(args.quick)
     elif args.worker.startswith("train"):
         out = worker_train(args.contender, args.worker, args.quick)
     elif args.worker.startswith("generate_b"):
@@ -441,7 +587,7 @@ def plan(cases, torch_ok: bool):
     peers = ["ours", "keras_hub"] + (["transformers"] if torch_ok else [])
     jobs = []
     for case in cases:
-        if case in ("limits", "pipeline"):
+        if case in ("limits", "pipeline", "products"):
             jobs.append((case, [case]))
         elif case.startswith("train"):
             jobs.append((case, peers))
@@ -536,8 +682,30 @@ def summarise(results: dict) -> dict:
             lim["tf_matmul_gflops"], lim["numpy_matmul_gflops"]
         )
         bw = lim["read_bandwidth_gbs"]
+    if "products" in results:
+        rounds = results["products"]["products"]
+        out["products"] = {"rounds": len(rounds)}
+        for which in TRAIN_SETUPS:
+            if f"{which}_fraction_of_peak" not in rounds[0]:
+                continue
+            row = {
+                k: median_of(rounds, f"{which}_{k}")
+                for k in ("fraction_of_peak", "tokens_per_s", "train_flops_per_token")
+            }
+            if peak:
+                row["mfu"] = (
+                    row["tokens_per_s"] * row["train_flops_per_token"] / (peak * 1e9)
+                )
+            names = [p["name"] for p in rounds[0][f"{which}_products"]]
+            row["products"] = {
+                name: statistics.median(
+                    r[f"{which}_products"][i]["fraction_of_peak"] for r in rounds
+                )
+                for i, name in enumerate(names)
+            }
+            out["products"][which] = row
     for case, by in results.items():
-        if case == "limits":
+        if case in ("limits", "products"):
             continue
         out[case] = {}
         for contender, rs in by.items():
@@ -553,6 +721,10 @@ def summarise(results: dict) -> dict:
                 row["bandwidth_bound_tokens_per_s"] = bound
                 row["fraction_of_bound"] = row["tokens_per_s"] / bound
             out[case][contender] = row
+        alone = out.get("products", {}).get(case, {}).get("tokens_per_s")
+        ours = out[case].get("ours")
+        if alone and ours and "tokens_per_s" in ours:
+            ours["of_products_alone"] = ours["tokens_per_s"] / alone
         base = out[case].get("keras_hub", {}).get("tokens_per_s")
         for row in out[case].values():
             if base and "tokens_per_s" in row:
@@ -588,7 +760,7 @@ def render(summary: dict) -> str:
     header = "| case | contender | tokens/s | vs keras_hub | first call s | peak RSS MB | MFU / of bound |"
     lines += ["", header, "|---|---|---|---|---|---|---|"]
     for case, rows in summary.items():
-        if case in ("limits", "pipeline", "loss"):
+        if case in ("limits", "pipeline", "loss", "products"):
             continue
         for contender, row in rows.items():
             frac = row.get("mfu", row.get("fraction_of_bound"))
@@ -597,6 +769,8 @@ def render(summary: dict) -> str:
                 f"{_fmt(row.get('vs_keras_hub'), '.2f')} | {_fmt(row.get('first_call_s'), '.1f')} | "
                 f"{_fmt(row.get('peak_rss_mb'), ',.0f')} | {_fmt(frac, '.0%')} |"
             )
+    if "products" in summary:
+        lines += ["", _render_products(summary)]
     if "loss" in summary:
         ours, keras_ = summary["loss"]["ours"], summary["loss"]["keras"]
         lines.append("")
@@ -624,6 +798,28 @@ def render(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _render_products(summary: dict) -> str:
+    prods = summary["products"]
+    parts = []
+    for which in TRAIN_SETUPS:
+        row = prods.get(which)
+        if not row:
+            continue
+        slowest = min(row["products"].items(), key=lambda kv: kv[1])
+        mfu = f", {_fmt(row['mfu'], '.0%')} MFU" if "mfu" in row else ""
+        ours = summary.get(which, {}).get("ours", {}).get("of_products_alone")
+        ours = f"; ours trains at {_fmt(ours, '.0%')} of that" if ours else ""
+        parts.append(
+            f"{which} {_fmt(row['fraction_of_peak'], '.0%')} of the peak product "
+            f"beside them, {_fmt(row['tokens_per_s'])} tokens/s one after another"
+            f"{mfu}{ours} (slowest: {slowest[0]}, {_fmt(slowest[1], '.0%')})"
+        )
+    return (
+        "the training step's own matrix products, each timed alone between "
+        f"peak products (median of {prods['rounds']} rounds): " + "; ".join(parts)
+    )
+
+
 def markdown(meta: dict, table: str) -> str:
     return (
         "# Benchmarks\n\n"
@@ -636,6 +832,13 @@ def markdown(meta: dict, table: str) -> str:
         "is shown. MFU = tokens/s x (6 x matmul parameters "
         "+ 12 L C T) / the faster of the two float32 matmul peaks (TF+oneDNN, "
         "NumPy). "
+        "The products line times each matrix product of our training step "
+        "(forward and backward, both halves, the head's chunks) alone, each "
+        "right after a 4,096-square product, and weighs its median fraction "
+        "of that peak by its FLOPs: a step of nothing but those products, run "
+        "one after another, would reach that fraction. Its tokens/s sums the "
+        "products' median times; its MFU is over the same best peak as the "
+        "table's. "
         "The generation bound is batch x bandwidth / weight bytes, with the "
         "faster of two memory-read measures (TF's sum on all cores, NumPy's on "
         "one). Training: "
