@@ -12,6 +12,17 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 
+def _limits(tf_peak, numpy_peak, bandwidth):
+    """One `limits` worker's result."""
+    return {
+        "tf_matmul_gflops": tf_peak,
+        "numpy_matmul_gflops": numpy_peak,
+        "matmul_peak_gflops": max(tf_peak, numpy_peak),
+        "read_bandwidth_gbs": bandwidth,
+        "peak_rss_mb": 1.0,
+    }
+
+
 def test_train_flops_per_token_counts_matmuls_and_attention():
     g = bench.GPT2_124M
     flops = bench._train_flops_per_token(g, 256)
@@ -22,16 +33,7 @@ def test_train_flops_per_token_counts_matmuls_and_attention():
 
 def test_summary_ratios_mfu_and_bandwidth_bound():
     results = {
-        "limits": {
-            "limits": [
-                {
-                    "tf_matmul_gflops": 100.0,
-                    "numpy_matmul_gflops": 80.0,
-                    "read_bandwidth_gbs": 10.0,
-                    "peak_rss_mb": 1.0,
-                }
-            ]
-        },
+        "limits": {"limits": [_limits(100.0, 80.0, 10.0)]},
         "train_124m": {
             "ours": [
                 {"tokens_per_s": 110.0, "train_flops_per_token": 7e8, "peak_rss_mb": 5},
@@ -117,18 +119,9 @@ def test_limits_take_the_faster_memory_read():
 
 
 def test_limits_are_the_best_round_and_mfu_is_over_the_faster_library():
-    def limits(tf_peak, numpy_peak, bandwidth):
-        return {
-            "tf_matmul_gflops": tf_peak,
-            "numpy_matmul_gflops": numpy_peak,
-            "matmul_peak_gflops": max(tf_peak, numpy_peak),
-            "read_bandwidth_gbs": bandwidth,
-            "peak_rss_mb": 1.0,
-        }
-
     results = {
         # A slow round (a busy shared machine) must not pass for the limit.
-        "limits": {"limits": [limits(100.0, 150.0, 10.0), limits(60.0, 70.0, 12.0)]},
+        "limits": {"limits": [_limits(100.0, 150.0, 10.0), _limits(60.0, 70.0, 12.0)]},
         "train_tiny": {
             "ours": [{"tokens_per_s": 100.0, "train_flops_per_token": 1e9}],
         },
@@ -184,7 +177,22 @@ def test_product_ceiling_times_every_product_of_a_micro_step():
     padding = 3 * 2 * bench.product_flops((2, 97), (97, 16), False, False)
     assert ceiling["flops"] == bench._train_flops_per_token(g, 8) * 32 + padding
     fractions = [r["fraction_of_peak"] for r in ceiling["products"]]
-    assert min(fractions) <= ceiling["fraction_of_peak"] <= max(fractions)
+    assert ceiling["fraction_of_peak"] == bench.ceiling_fraction(products, fractions)
+
+
+def test_ceiling_is_flops_over_the_products_summed_times():
+    one = ("a", 1, (4, 4), (4, 4), False, False)  # 128 FLOPs
+    # Equal FLOPs at full and half speed take 1 + 2 time units: 2/3, not 3/4.
+    assert bench.ceiling_fraction([one, one], [1.0, 0.5]) == pytest.approx(2 / 3)
+    three = ("b", 3, (4, 4), (4, 4), False, False)  # counts weigh in
+    assert bench.ceiling_fraction([one, three], [1.0, 0.5]) == pytest.approx(4 / 7)
+    with pytest.raises(ValueError):
+        bench.ceiling_fraction([one], [1.0, 0.5])
+
+
+def test_step_products_need_equal_chains():
+    with pytest.raises(ValueError, match="batch 3 does not split into 2"):
+        bench.step_products(bench.GPT_TINY, 3, 8)
 
 
 def test_products_summary_compares_ours_with_its_products_alone():
@@ -201,15 +209,7 @@ def test_products_summary_compares_ours_with_its_products_alone():
         }
 
     results = {
-        "limits": {
-            "limits": [
-                {
-                    "tf_matmul_gflops": 100.0,
-                    "numpy_matmul_gflops": 80.0,
-                    "read_bandwidth_gbs": 10.0,
-                }
-            ]
-        },
+        "limits": {"limits": [_limits(100.0, 80.0, 10.0)]},
         "products": {
             "products": [
                 products_round(0.8, 120.0),
@@ -231,6 +231,56 @@ def test_products_summary_compares_ours_with_its_products_alone():
     assert "of_products_alone" not in s["train_124m"]["keras_hub"]
     table = bench.render(s)
     assert "| products |" not in table
-    assert "train_124m 80% of the peak product beside them" in table
-    assert "84% MFU; ours trains at 75% of that (slowest: head logits, 50%)" in table
+    assert "train_124m: its products reach 80% of the peak product timed" in table
+    assert "(least efficient: head logits, 50%); 120.0 tokens/s one after" in table
+    assert "another, 84% MFU; ours trains at 75% of that" in table
     assert ("products", ["products"]) in bench.plan(["products"], torch_ok=True)
+
+
+def _graph_products(graph, seen):
+    """`(lhs, rhs, transpose_a, transpose_b)` of every MatMul and
+    BatchMatMulV2 in `graph` and the functions it calls, but not inside
+    while loops (the head's loop body repeats its first, unrolled chunk)."""
+    found = []
+    for op in graph.get_operations():
+        if op.type in ("MatMul", "BatchMatMulV2"):
+            flags = ("transpose_a", "transpose_b")
+            if op.type != "MatMul":
+                flags = ("adj_x", "adj_y")
+            shapes = [tuple(t.shape) for t in op.inputs[:2]]
+            found.append((*shapes, *(op.get_attr(f) for f in flags)))
+        if op.type in ("While", "StatelessWhile"):
+            continue
+        for attr in op.node_def.attr.values():
+            names = [attr.func.name] if attr.HasField("func") else []
+            for name in names + [f.name for f in attr.list.func]:
+                if name in seen:
+                    continue
+                seen.add(name)
+                outer = graph
+                while outer is not None and name not in outer._functions:
+                    outer = getattr(outer, "outer_graph", None)
+                assert outer is not None, f"function {name} not found"
+                found += _graph_products(outer._functions[name].graph, seen)
+    return found
+
+
+def test_step_products_are_the_products_our_train_step_runs():
+    import collections
+
+    import numpy as np
+    import tensorflow as tf
+
+    g = dict(vocab=97, layers=2, heads=2, hidden=24, context=8)
+    lm = bench.train_lm("ours", g)
+    lm.jit_compile = False  # Keras' "auto" on a CPU (the bench's machines)
+    ids = np.zeros((4, 9), "int32")
+    data = ({"token_ids": ids[:, :-1], "padding_mask": np.ones((4, 8), "int32")},)
+    data += (ids[:, 1:],)
+    lm.fit(*data, batch_size=4, epochs=1, shuffle=False, verbose=0)  # builds all
+    graph = tf.function(lm.train_step).get_concrete_function(data).graph
+    traced = collections.Counter(_graph_products(graph, set()))
+    listed = collections.Counter()
+    for _, count, *product in bench.step_products(g, 4, 8):
+        listed[tuple(product)] += count
+    assert traced == listed

@@ -105,7 +105,8 @@ def worker_limits(quick: bool) -> dict:
             times.append(time.perf_counter() - t)
         return 2 * n**3 / min(times) / 1e9
 
-    tf_gflops = best_gflops(lambda: product(a, b).numpy())
+    # CPU ops finish before returning; fetch one element, not a 64 MB copy.
+    tf_gflops = best_gflops(lambda: product(a, b)[:1, :1].numpy())
     an, bn = a.numpy(), b.numpy()
     np_gflops = best_gflops(lambda: an @ bn)
 
@@ -147,11 +148,13 @@ def step_products(
     `chunk_logits` logits (`losses.HEAD_CHUNK_LOGITS`). Each `Linear` has a
     forward product, `dX = dY @ W.T` and `dW = X.T @ dY`; attention has two
     batched products forward and four backward (TF's gradients of
-    `S = Q @ K.T` and `O = A @ V`); the head has the logits,
+    `S = Q @ swapaxes(K)` and `O = A @ V`); the head has the logits,
     `d_hidden = G @ table` and `d_table = G.T @ h`. Their FLOPs add up to
     `_train_flops_per_token` x tokens (when the head's chunks divide evenly).
     """
     c, layers, heads, vocab = g["hidden"], g["layers"], g["heads"], g["vocab"]
+    if batch % chains:
+        raise ValueError(f"batch {batch} does not split into {chains} equal chains")
     rows = batch * context // chains
     n = layers * chains
     out = []
@@ -167,11 +170,18 @@ def step_products(
             (f"{name} dW", k, (rows, d_in), (rows, d_out), True, False),
         ]
     b, d = batch // chains, c // heads
-    qk, tt = (b, heads, context, d), (b, heads, context, context)
-    out += [
-        ("attention Q K.T, dO V.T", 2 * n, qk, qk, False, True),
-        ("attention A V, dS K", 2 * n, tt, qk, False, False),
-        ("attention A.T dO, dS.T Q", 2 * n, tt, qk, True, False),
+    q, k_t, a = (
+        (b, heads, context, d),
+        (b, heads, d, context),
+        (b, heads, context, context),
+    )
+    out += [  # S = Q @ swapaxes(K), O = A @ V, and TF's gradients of both
+        ("attention S = Q K.T", n, q, k_t, False, False),
+        ("attention O = A V", n, a, q, False, False),
+        ("attention dQ = dS K", n, a, k_t, False, True),
+        ("attention dK.T = Q.T dS", n, q, a, True, False),
+        ("attention dA = dO V.T", n, q, q, False, True),
+        ("attention dV = A.T dO", n, a, q, True, False),
     ]
     chunks = -(-rows // max(chunk_logits // vocab, 1))  # as head_cross_entropy
     chunk = -(-rows // chunks)
@@ -194,55 +204,63 @@ def product_flops(lhs, rhs, transpose_a: bool, transpose_b: bool) -> int:
     return 2 * batch * m * k * n
 
 
+def ceiling_fraction(products: list[tuple], fractions: list[float]) -> float:
+    """The fraction of the peak a step of `products`, each running at its
+    fraction of the peak one after another, reaches: its FLOPs over the sum
+    of their times (a FLOP-weighted harmonic mean, not an arithmetic one)."""
+    flops = [p[1] * product_flops(*p[2:]) for p in products]
+    return sum(flops) / sum(
+        f / fraction for f, fraction in zip(flops, fractions, strict=True)
+    )
+
+
 def product_ceiling(products: list[tuple], peak_size: int, pairs: int) -> dict:
     """Time each product alone, each time right after a `peak_size`-square
     product, and weigh them by FLOPs.
 
     The machine's speed drifts, so each product is compared with the peak
-    product timed beside it: `fraction_of_peak` is the step's FLOPs over the
-    time its products would take one after another, each at its median
-    fraction of the peak beside it; a step of nothing but these products
-    could reach that MFU (against that peak). `seconds` sums the products'
-    median times, for comparison with a measured step.
+    product timed just before it: each product's median fraction of that
+    peak goes into `ceiling_fraction`, the MFU (against that peak) of a step
+    made of nothing but these products. `seconds` sums each product's median
+    time times its count, for comparison with a measured step.
     """
     import tensorflow as tf
+
+    def timed(run, *args, reps=1):
+        t = time.perf_counter()
+        for _ in range(reps):
+            z = run(*args)
+        # CPU ops finish before returning; fetch one element, not a copy.
+        z[..., :1, :1].numpy()
+        return (time.perf_counter() - t) / reps
 
     a = tf.random.normal((peak_size, peak_size))
     b = tf.random.normal((peak_size, peak_size))
     peak = tf.function(tf.matmul)  # one graph call: no eager dispatch
-    peak(a, b).numpy()
+    timed(peak, a, b)
     peak_flops = 2 * peak_size**3
-    total = sum(p[1] * product_flops(*p[2:]) for p in products)
-    rows, weighted, seconds = [], 0.0, 0.0
+    rows, fractions, seconds = [], [], 0.0
     for name, count, lhs, rhs, ta, tb in products:
         x, y = tf.random.normal(lhs), tf.random.normal(rhs)
         run = tf.function(
             lambda x, y, ta=ta, tb=tb: tf.matmul(x, y, transpose_a=ta, transpose_b=tb),
             autograph=False,
         )
-        run(x, y).numpy()
+        timed(run, x, y)
         flops = product_flops(lhs, rhs, ta, tb)
         reps = max(2, int(peak_flops / 8 / flops))  # about 1/8 of a peak product
-        fractions, times = [], []
+        ratios, times = [], []
         for _ in range(pairs):
-            t = time.perf_counter()
-            peak(a, b).numpy()
-            t_peak = time.perf_counter() - t
-            t = time.perf_counter()
-            for _ in range(reps):
-                z = run(x, y)
-            z.numpy()
-            t_one = (time.perf_counter() - t) / reps
-            times.append(t_one)
-            fractions.append((flops / t_one) / (peak_flops / t_peak))
-        fraction = statistics.median(fractions)
-        weighted += count * flops / total / fraction
+            t_peak = timed(peak, a, b)
+            times.append(timed(run, x, y, reps=reps))
+            ratios.append((flops / times[-1]) / (peak_flops / t_peak))
+        fractions.append(statistics.median(ratios))
         seconds += count * statistics.median(times)
-        rows.append({"name": name, "count": count, "fraction_of_peak": fraction})
+        rows.append({"name": name, "count": count, "fraction_of_peak": fractions[-1]})
     return {
-        "fraction_of_peak": 1 / weighted,
+        "fraction_of_peak": ceiling_fraction(products, fractions),
         "seconds": seconds,
-        "flops": total,
+        "flops": sum(p[1] * product_flops(*p[2:]) for p in products),
         "products": rows,
     }
 
@@ -256,10 +274,10 @@ def worker_products(quick: bool) -> dict:
             g, batch, TRAIN_CONTEXT, chunk_logits=HEAD_CHUNK_LOGITS
         )
         ceiling = product_ceiling(products, 2048 if quick else 4096, 2 if quick else 5)
-        tokens = batch * TRAIN_CONTEXT
         out[f"{which}_fraction_of_peak"] = ceiling["fraction_of_peak"]
-        out[f"{which}_tokens_per_s"] = tokens / ceiling["seconds"]
-        out[f"{which}_train_flops_per_token"] = ceiling["flops"] / tokens
+        out[f"{which}_tokens_per_s"] = batch * TRAIN_CONTEXT / ceiling["seconds"]
+        # The MFU numerator, as for training (any padding rows are not work).
+        out[f"{which}_train_flops_per_token"] = _train_flops_per_token(g, TRAIN_CONTEXT)
         out[f"{which}_products"] = ceiling["products"]
     out["peak_rss_mb"] = _peak_rss_mb()
     return out
@@ -288,10 +306,10 @@ def fit_step_times(lm, ds, steps: int):
     return times, history
 
 
-def _keras_train(contender: str, g: dict, batch: int, context: int, steps: int):
+def train_lm(contender: str, g: dict):
+    """The Keras contender ("ours" or "keras_hub") as the bench trains it:
+    random weights, dropout 0, Keras AdamW, the model's own default loss."""
     import keras
-    import numpy as np
-    import tensorflow as tf
 
     import keras_gpt_scratch as kgs
 
@@ -322,6 +340,14 @@ def _keras_train(contender: str, g: dict, batch: int, context: int, steps: int):
     # The same optimizer for both; each model's own default loss ("auto":
     # ours is kgs.CrossEntropy, keras_hub's is SparseCategoricalCrossentropy).
     lm.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="auto", weighted_metrics=[])
+    return lm
+
+
+def _keras_train(contender: str, g: dict, batch: int, context: int, steps: int):
+    import numpy as np
+    import tensorflow as tf
+
+    lm = train_lm(contender, g)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, g["vocab"], (batch * 4, context + 1)).astype("int32")
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones_like(ids[:, :-1])}
@@ -805,18 +831,19 @@ def _render_products(summary: dict) -> str:
         row = prods.get(which)
         if not row:
             continue
-        slowest = min(row["products"].items(), key=lambda kv: kv[1])
+        least = min(row["products"].items(), key=lambda kv: kv[1])
         mfu = f", {_fmt(row['mfu'], '.0%')} MFU" if "mfu" in row else ""
         ours = summary.get(which, {}).get("ours", {}).get("of_products_alone")
-        ours = f"; ours trains at {_fmt(ours, '.0%')} of that" if ours else ""
         parts.append(
-            f"{which} {_fmt(row['fraction_of_peak'], '.0%')} of the peak product "
-            f"beside them, {_fmt(row['tokens_per_s'])} tokens/s one after another"
-            f"{mfu}{ours} (slowest: {slowest[0]}, {_fmt(slowest[1], '.0%')})"
+            f"{which}: its products reach {_fmt(row['fraction_of_peak'], '.0%')} "
+            "of the peak product timed beside each (least efficient: "
+            f"{least[0]}, {_fmt(least[1], '.0%')}); "
+            f"{_fmt(row['tokens_per_s'])} tokens/s one after another{mfu}"
+            + (f"; ours trains at {_fmt(ours, '.0%')} of that" if ours else "")
         )
     return (
-        "the training step's own matrix products, each timed alone between "
-        f"peak products (median of {prods['rounds']} rounds): " + "; ".join(parts)
+        "the training step's own matrix products, each timed alone (median of "
+        f"{prods['rounds']} rounds): " + ". ".join(parts)
     )
 
 
@@ -832,13 +859,17 @@ def markdown(meta: dict, table: str) -> str:
         "is shown. MFU = tokens/s x (6 x matmul parameters "
         "+ 12 L C T) / the faster of the two float32 matmul peaks (TF+oneDNN, "
         "NumPy). "
-        "The products line times each matrix product of our training step "
-        "(forward and backward, both halves, the head's chunks) alone, each "
-        "right after a 4,096-square product, and weighs its median fraction "
-        "of that peak by its FLOPs: a step of nothing but those products, run "
-        "one after another, would reach that fraction. Its tokens/s sums the "
-        "products' median times; its MFU is over the same best peak as the "
-        "table's. "
+        "The products line lists every matrix product of our training step "
+        "(forward and backward, both halves, the head's chunks), times each "
+        "alone right after a 4,096-square product, and gives the step's FLOPs "
+        "over the time the products would take one after another, each at its "
+        "median fraction of the peak product timed beside it (a FLOP-weighted "
+        "harmonic mean): no step made of these products reaches a higher MFU "
+        "against that peak unless they run faster in the step than alone. Its "
+        "tokens/s is batch tokens over the sum of each product's median time "
+        "times its count, and its MFU is over the same best peak as the "
+        "table's (which is higher than the peak beside each product on this "
+        "drifting machine). "
         "The generation bound is batch x bandwidth / weight bytes, with the "
         "faster of two memory-read measures (TF's sum on all cores, NumPy's on "
         "one). Training: "
