@@ -358,6 +358,28 @@ def test_interleaved_halves_train_like_one_chain(rows, batch_size, monkeypatch):
         np.testing.assert_allclose(a, b, atol=2e-6)
 
 
+def test_halves_share_one_budget_of_head_logits(monkeypatch):
+    # 4-row batches of 12 tokens: each half's 24 rows take two chunks of 12.
+    budget = 2 * 12 * VOCAB
+    monkeypatch.setattr(gpt_causal_lm, "HEAD_CHUNK_LOGITS", budget)
+    budgets = []
+    original = gpt_causal_lm.head_cross_entropy
+    monkeypatch.setattr(
+        gpt_causal_lm,
+        "head_cross_entropy",
+        lambda *a, **k: budgets.append(k["chunk_logits"]) or original(*a, **k),
+    )
+    halves_history, _, halves_weights = fit_halves(True, 8, 4)
+    assert set(budgets) == {budget // 2}
+    budgets.clear()
+    whole_history, _, whole_weights = fit_halves(False, 8, 4)
+    assert set(budgets) == {budget}
+    for name in whole_history:
+        np.testing.assert_allclose(halves_history[name], whole_history[name], rtol=1e-5)
+    for a, b in zip(halves_weights, whole_weights, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+
+
 @pytest.mark.parametrize(
     "options",
     [

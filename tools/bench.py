@@ -144,8 +144,9 @@ def step_products(
     `(name, count, lhs_shape, rhs_shape, transpose_a, transpose_b)`.
 
     Our step runs the batch as `chains` independent halves
-    (`GPTCausalLM.interleaved_halves`) and the tied head in chunks of at most
-    `chunk_logits` logits (`losses.HEAD_CHUNK_LOGITS`). Each `Linear` has a
+    (`GPTCausalLM.interleaved_halves`), which share a budget of `chunk_logits`
+    logits (`losses.HEAD_CHUNK_LOGITS`): each runs the tied head in chunks of
+    at most `chunk_logits // chains` logits. Each `Linear` has a
     forward product, `dX = dY @ W.T` and `dW = X.T @ dY`; attention has two
     batched products forward and four backward (TF's gradients of
     `S = Q @ swapaxes(K)` and `O = A @ V`); the head has the logits,
@@ -183,7 +184,8 @@ def step_products(
         ("attention dA = dO V.T", n, q, q, False, True),
         ("attention dV = A.T dO", n, a, q, True, False),
     ]
-    chunks = -(-rows // max(chunk_logits // vocab, 1))  # as head_cross_entropy
+    # The chains share the budget; each chunks as head_cross_entropy does.
+    chunks = -(-rows // max(chunk_logits // chains // vocab, 1))
     chunk = -(-rows // chunks)
     k = chains * chunks
     out += [
