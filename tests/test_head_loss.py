@@ -162,13 +162,14 @@ def train(
     return history.history, lm.get_weights(), scores
 
 
-def count_head_calls(monkeypatch):
+def count_head_calls(monkeypatch, argument="gradients"):
+    """Each fused head call's `argument`, as the model's steps are traced."""
     calls = []
     original = gpt_causal_lm.head_cross_entropy
     monkeypatch.setattr(
         gpt_causal_lm,
         "head_cross_entropy",
-        lambda *a, **k: calls.append(k["gradients"]) or original(*a, **k),
+        lambda *a, **k: calls.append(k[argument]) or original(*a, **k),
     )
     return calls
 
@@ -362,13 +363,7 @@ def test_halves_share_one_budget_of_head_logits(monkeypatch):
     # 4-row batches of 12 tokens: each half's 24 rows take two chunks of 12.
     budget = 2 * 12 * VOCAB
     monkeypatch.setattr(gpt_causal_lm, "HEAD_CHUNK_LOGITS", budget)
-    budgets = []
-    original = gpt_causal_lm.head_cross_entropy
-    monkeypatch.setattr(
-        gpt_causal_lm,
-        "head_cross_entropy",
-        lambda *a, **k: budgets.append(k["chunk_logits"]) or original(*a, **k),
-    )
+    budgets = count_head_calls(monkeypatch, "chunk_logits")
     halves_history, _, halves_weights = fit_halves(True, 8, 4)
     assert set(budgets) == {budget // 2}
     budgets.clear()
