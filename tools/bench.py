@@ -138,14 +138,14 @@ def worker_limits(quick: bool) -> dict:
 
 
 def step_products(
-    g: dict, batch: int, context: int, chains: int = 2, chunk_logits: int = 2**26
+    g: dict, batch: int, context: int, chains: int = 2, chunk_logits: int | None = None
 ) -> list[tuple]:
     """The matrix products of one of our training steps, as
     `(name, count, lhs_shape, rhs_shape, transpose_a, transpose_b)`.
 
     Our step runs the batch as `chains` independent halves
     (`GPTCausalLM.interleaved_halves`), which share a budget of `chunk_logits`
-    logits (`losses.HEAD_CHUNK_LOGITS`): each runs the tied head in chunks of
+    logits (default `losses.HEAD_CHUNK_LOGITS`): each runs the tied head in chunks of
     at most `chunk_logits // chains` logits. Each `Linear` has a
     forward product, `dX = dY @ W.T` and `dW = X.T @ dY`; attention has two
     batched products forward and four backward (TF's gradients of
@@ -153,6 +153,8 @@ def step_products(
     `d_hidden = G @ table` and `d_table = G.T @ h`. Their FLOPs add up to
     `_train_flops_per_token` x tokens (when the head's chunks divide evenly).
     """
+    if chunk_logits is None:
+        from keras_gpt_scratch.losses import HEAD_CHUNK_LOGITS as chunk_logits
     c, layers, heads, vocab = g["hidden"], g["layers"], g["heads"], g["vocab"]
     if batch % chains:
         raise ValueError(f"batch {batch} does not split into {chains} equal chains")
@@ -268,13 +270,11 @@ def product_ceiling(products: list[tuple], peak_size: int, pairs: int) -> dict:
 
 
 def worker_products(quick: bool) -> dict:
-    from keras_gpt_scratch.losses import HEAD_CHUNK_LOGITS  # oneDNN on, TF
+    import keras_gpt_scratch  # noqa: F401  (oneDNN on, TF backend)
 
     out = {}
     for which, (g, batch) in TRAIN_SETUPS.items():
-        products = step_products(
-            g, batch, TRAIN_CONTEXT, chunk_logits=HEAD_CHUNK_LOGITS
-        )
+        products = step_products(g, batch, TRAIN_CONTEXT)
         ceiling = product_ceiling(products, 2048 if quick else 4096, 2 if quick else 5)
         out[f"{which}_fraction_of_peak"] = ceiling["fraction_of_peak"]
         out[f"{which}_tokens_per_s"] = batch * TRAIN_CONTEXT / ceiling["seconds"]
@@ -697,6 +697,11 @@ def _cpu_name() -> str:
     return platform.machine()
 
 
+def _mfu(row: dict, peak_gflops: float) -> float:
+    """Training FLOPs per second over the matmul peak."""
+    return row["tokens_per_s"] * row["train_flops_per_token"] / (peak_gflops * 1e9)
+
+
 def summarise(results: dict) -> dict:
     out: dict = {}
     limits = results.get("limits", {}).get("limits")
@@ -721,9 +726,7 @@ def summarise(results: dict) -> dict:
                 for k in ("fraction_of_peak", "tokens_per_s", "train_flops_per_token")
             }
             if peak:
-                row["mfu"] = (
-                    row["tokens_per_s"] * row["train_flops_per_token"] / (peak * 1e9)
-                )
+                row["mfu"] = _mfu(row, peak)
             names = [p["name"] for p in rounds[0][f"{which}_products"]]
             row["products"] = {
                 name: statistics.median(
@@ -739,9 +742,7 @@ def summarise(results: dict) -> dict:
         for contender, rs in by.items():
             row = {k: median_of(rs, k) for k in rs[0]}
             if case.startswith("train") and peak:
-                row["mfu"] = (
-                    row["tokens_per_s"] * row["train_flops_per_token"] / (peak * 1e9)
-                )
+                row["mfu"] = _mfu(row, peak)
             if case.startswith("generate") and bw:
                 batch = int(case[10:])
                 weight_bytes = 124_439_808 * (1 if contender == "ours_int8" else 4)
